@@ -1,0 +1,165 @@
+"""Datasets as plain numpy arrays: ``.npz`` (x, y), MNIST-style IDX folders, built-in ``digits``.
+
+Torch-free, so the runtime-only bench can use it. A spec string names a dataset:
+
+- ``path/to/file.npz``      arrays ``x`` (float32, preprocessed) and optional ``y`` (int64)
+- ``path/to/idx-folder``    train-/t10k- images and labels (.gz or raw); ``:train``/``:test``
+                            (default ``test``) or ``:val`` picks the split; images become
+                            ``(pixels/255 - 0.1307)/0.3081`` flattened
+- ``digits``                scikit-learn's bundled 8x8 digits (``digits:train``/``digits:test``)
+- ``fashion-mnist``         Debian's /usr/share/datasets/fashion-mnist (IDX)
+
+Splits follow shared/DESIGN.md §7: MNIST ``train`` = first 55,000 training images, ``val`` = the
+last 5,000, ``test`` = t10k. Digits: a fixed stratified 60/20/20 train/val/test split (seed 0).
+"""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgecompress.errors import InputError
+
+MNIST_MEAN = 0.1307
+MNIST_STD = 0.3081
+MNIST_TRAIN_SIZE = 55_000
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Inputs ``x`` (float32) and optional labels ``y`` (int64), with a name for reports."""
+
+    x: np.ndarray
+    y: np.ndarray | None
+    name: str
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+    def take(self, n: int | None) -> "Dataset":
+        """The first ``n`` samples (all when ``n`` is None)."""
+        if n is None or n >= len(self):
+            return self
+        return Dataset(self.x[:n], None if self.y is None else self.y[:n], f"{self.name}[:{n}]")
+
+    def batches(self, size: int) -> "list[tuple[np.ndarray, np.ndarray | None]]":
+        """Consecutive (x, y) chunks of at most ``size`` samples."""
+        return [(self.x[i:i + size], None if self.y is None else self.y[i:i + size])
+                for i in range(0, len(self), size)]
+
+
+def _open_idx(path: Path) -> bytes:
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as handle:
+            return handle.read()
+    except (OSError, EOFError) as exc:
+        raise InputError(f"cannot read IDX file {path}: {exc}") from exc
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read one IDX file (ubyte data) into an array of its declared shape."""
+    raw = _open_idx(path)
+    if len(raw) < 4:
+        raise InputError(f"{path} is not an IDX file (too short)")
+    zero, dtype_code, ndim = struct.unpack(">HBB", raw[:4])
+    if zero != 0 or dtype_code != 0x08:
+        raise InputError(f"{path} is not an unsigned-byte IDX file (magic {raw[:4].hex()})")
+    dims = struct.unpack(">" + "I" * ndim, raw[4:4 + 4 * ndim])
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if data.size != int(np.prod(dims)):
+        raise InputError(f"{path} is truncated: header says {dims}, found {data.size} values")
+    return data.reshape(dims)
+
+
+def _find_idx(folder: Path, prefix: str, kind: str) -> Path:
+    for pattern in (f"{prefix}-{kind}-idx*-ubyte.gz", f"{prefix}-{kind}-idx*-ubyte", f"{prefix}-{kind}*"):
+        hits = sorted(folder.glob(pattern))
+        if hits:
+            return hits[0]
+    raise InputError(f"no {prefix}-{kind} IDX file in {folder} (expected e.g. {prefix}-{kind}-idx3-ubyte.gz)")
+
+
+def mnist_normalize(images: np.ndarray) -> np.ndarray:
+    """uint8 images -> float32 ``(pixels/255 - mean)/std`` flattened to (n, h*w)."""
+    x = images.reshape(images.shape[0], -1).astype(np.float32) / 255.0
+    return ((x - MNIST_MEAN) / MNIST_STD).astype(np.float32)
+
+
+def load_idx_folder(folder: Path, split: str = "test") -> Dataset:
+    """An MNIST-style folder, one of ``train`` (first 55k), ``val`` (last 5k), ``test`` (t10k)."""
+    prefix = "t10k" if split == "test" else "train"
+    images = read_idx(_find_idx(folder, prefix, "images"))
+    labels = read_idx(_find_idx(folder, prefix, "labels")).astype(np.int64)
+    if images.shape[0] != labels.shape[0]:
+        raise InputError(f"{folder}: {images.shape[0]} images but {labels.shape[0]} labels")
+    if split == "train":
+        images, labels = images[:MNIST_TRAIN_SIZE], labels[:MNIST_TRAIN_SIZE]
+    elif split == "val":
+        images, labels = images[MNIST_TRAIN_SIZE:], labels[MNIST_TRAIN_SIZE:]
+    return Dataset(mnist_normalize(images), labels, f"{folder.name}:{split}")
+
+
+def load_digits(split: str = "test") -> Dataset:
+    """scikit-learn's bundled 8x8 digits (1,797 images), pixels/16 standardized, fixed split."""
+    try:
+        from sklearn.datasets import load_digits as _sk_digits
+    except ImportError as exc:
+        raise InputError("the built-in digits set needs scikit-learn: pip install scikit-learn") from exc
+    bunch = _sk_digits()
+    x = (bunch.data.astype(np.float32) / 16.0 - 0.5) / 0.5
+    y = bunch.target.astype(np.int64)
+    order = np.random.default_rng(0).permutation(len(y))
+    n = len(y)
+    cut_train, cut_val = int(n * 0.6), int(n * 0.8)
+    idx = {"train": order[:cut_train], "val": order[cut_train:cut_val], "test": order[cut_val:]}[split]
+    return Dataset(np.ascontiguousarray(x[idx]), y[idx], f"digits:{split}")
+
+
+def load_npz(path: Path) -> Dataset:
+    """A ``.npz`` with ``x`` and optional ``y``."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            if "x" not in archive.files:
+                raise InputError(f"{path} has no array 'x' (found: {', '.join(archive.files) or 'none'})")
+            x = np.asarray(archive["x"], dtype=np.float32)
+            y = np.asarray(archive["y"]).astype(np.int64) if "y" in archive.files else None
+    except InputError:
+        raise
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read {path} as .npz: {exc}") from exc
+    if y is not None and y.shape[0] != x.shape[0]:
+        raise InputError(f"{path}: x has {x.shape[0]} samples but y has {y.shape[0]}")
+    return Dataset(x, y, path.name)
+
+
+def _split_spec(spec: str, default_split: str) -> tuple[str, str]:
+    base, sep, split = spec.rpartition(":")
+    if sep and split in SPLITS and base:
+        return base, split
+    return spec, default_split
+
+
+def load_dataset(spec: str, default_split: str = "test") -> Dataset:
+    """Resolve a dataset spec (see module docstring) into a :class:`Dataset`."""
+    base, split = _split_spec(spec, default_split)
+    if base == "digits":
+        return load_digits(split)
+    if base == "fashion-mnist":
+        if not FASHION_MNIST_DIR.is_dir():
+            raise InputError("Fashion-MNIST not found; on Debian: apt-get install dataset-fashion-mnist")
+        return load_idx_folder(FASHION_MNIST_DIR, split)
+    path = Path(base)
+    if path.is_dir():
+        return load_idx_folder(path, split)
+    if path.suffix == ".npz" and path.is_file():
+        return load_npz(path)
+    if not path.exists():
+        raise InputError(f"dataset not found: {spec} (give a .npz, an MNIST-style IDX folder, or 'digits')")
+    raise InputError(f"unsupported dataset {spec}: give a .npz with x/y, an MNIST-style IDX folder, or 'digits'")
