@@ -1,0 +1,127 @@
+"""``edgecompress build``: compress, export, simplify, verify (and evaluate) a model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from edgecompress.cli.console import console, stage_spinner, stdout
+from edgecompress.errors import InputError
+
+POLICY_NAMES = ["energy", "entropy", "uniform", "data", "ddlr-convex", "svd-training"]
+TARGETS = ("onnx", "tflite")
+
+
+def parse_targets(text: str) -> tuple[str, ...]:
+    """``"onnx,tflite"`` -> ("onnx", "tflite"), rejecting unknown targets."""
+    targets = tuple(t.strip().lower() for t in text.split(",") if t.strip())
+    unknown = [t for t in targets if t not in TARGETS]
+    if unknown or not targets:
+        raise InputError(f"--target takes a comma list of {', '.join(TARGETS)}; got {text!r}")
+    return targets
+
+
+def parse_size(text: str | None) -> int | None:
+    """``--target-size`` in bytes; accepts units like '2 MB' or '512KiB'."""
+    if text is None:
+        return None
+    units = {"": 1, "b": 1, "kb": 1000, "mb": 1000 ** 2, "gb": 1000 ** 3, "kib": 1024, "mib": 1024 ** 2, "gib": 1024 ** 3}
+    raw = text.strip().lower().replace(" ", "")
+    number = raw.rstrip("kmgib")
+    unit = raw[len(number):]
+    try:
+        value = float(number) * units[unit]
+    except (ValueError, KeyError):
+        raise InputError(f"--target-size must be bytes or a size like '2 MB', got {text!r}") from None
+    if value <= 0:
+        raise InputError(f"--target-size must be positive, got {text!r}")
+    return int(value)
+
+
+@click.command(context_settings={"show_default": True})
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--target", "target_text", default="onnx", help="Comma list of targets: onnx, tflite.")
+@click.option("--out", "-o", type=click.Path(path_type=Path), default=Path("build"), help="Output folder.")
+@click.option("--name", default=None, help="Artifact stem (default: the model file's stem).")
+@click.option("--input-shape", default=None, help="Input shape, e.g. 1x784 (inferred when the first layer is a Linear).")
+@click.option("--factory", default=None, help="'module:function' or 'file.py:function' building the architecture for a state_dict.")
+@click.option("--allow-pickle", is_flag=True, help="Allow loading a fully pickled module (runs arbitrary code: trusted files only).")
+@click.option("--policy", type=click.Choice(POLICY_NAMES), default="energy", help="Rank policy.")
+@click.option("--energy", "threshold", type=float, default=0.95, help="energy: fraction of sum(s^2) to keep.")
+@click.option("--rank", type=int, default=32, help="uniform: the rank of every layer.")
+@click.option("--entropy-scale", "scale", type=float, default=1.0, help="entropy: rank = ceil(scale * exp(H)).")
+@click.option("--max-error", type=float, default=0.1, help="data / ddlr-convex: max relative output error per layer.")
+@click.option("--exclude", default=None, help="Regex on layer names to keep dense, e.g. 'head|classifier'.")
+@click.option("--opset", type=int, default=18, help="ONNX opset (18 or higher).")
+@click.option("--no-simplify", is_flag=True, help="Skip onnxsim.")
+@click.option("--eval", "eval_data", default=None, help="Labelled data for accuracy: .npz (x, y), IDX folder, or 'digits'.")
+@click.option("--eval-samples", type=int, default=None, help="Use only the first N eval samples.")
+@click.option("--verify-samples", type=int, default=256, help="Random inputs used for verification.")
+@click.option("--atol", type=float, default=1e-4, help="Verification: absolute tolerance.")
+@click.option("--rtol", type=float, default=1e-3, help="Verification: tolerance relative to the largest output.")
+@click.option("--calib", "calib_data", default=None, help="Calibration data for data-driven ranks / static int8.")
+@click.option("--calib-samples", type=int, default=1024, help="Calibration samples.")
+@click.option("--max-accuracy-drop", type=float, default=None, help="Budget mode: max accuracy drop in points on --eval-split.")
+@click.option("--eval-split", default=None, help="Budget mode: validation data (never the test set).")
+@click.option("--target-params", type=float, default=None, help="Budget mode: fraction of the Linear parameters to keep.")
+@click.option("--target-size", "target_size_text", default=None, help="Budget mode: max compressed file size, e.g. '400 KB'.")
+@click.option("--round-to", type=int, default=1, help="Round ranks up to a multiple of K.")
+@click.option("--finetune", "finetune_data", default=None, help="Fine-tune the compressed model on this training data.")
+@click.option("--train", "train_data", default=None, help="svd-training: training data.")
+@click.option("--epochs", type=int, default=3, help="Fine-tuning / SVD-training epochs.")
+@click.option("--distill-weight", type=float, default=0.5, help="Weight of distillation from the dense model.")
+@click.option("--quantize", type=click.Choice(["int8"]), default=None, help="Also write an int8 artifact.")
+@click.option("--batch", type=int, default=1, help="TFLite: fixed batch size at conversion.")
+@click.option("--seed", type=int, default=0, help="Seed for random inputs and training.")
+@click.option("--json", "json_out", default=None, help="Write build.json's content to FILE ('-' for stdout).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress, no tables.")
+def build(model: Path, target_text: str, out: Path, name: str | None, input_shape: str | None, factory: str | None,
+          allow_pickle: bool, policy: str, threshold: float, rank: int, scale: float, max_error: float,
+          exclude: str | None, opset: int, no_simplify: bool, eval_data: str | None, eval_samples: int | None,
+          verify_samples: int, atol: float, rtol: float, calib_data: str | None, calib_samples: int,
+          max_accuracy_drop: float | None, eval_split: str | None, target_params: float | None,
+          target_size_text: str | None, round_to: int, finetune_data: str | None, train_data: str | None,
+          epochs: int, distill_weight: float, quantize: str | None, batch: int, seed: int,
+          json_out: str | None, quiet: bool) -> None:
+    """Compress MODEL's Linear layers and export dense + compressed ONNX, verified.
+
+    MODEL is a torch.export program (.pt2), a state_dict (.pt, with --factory), or a pickled
+    module (.pt, with --allow-pickle). Writes <name>.onnx, <name>.dense.onnx and build.json.
+
+    \b
+    Examples:
+      edgecompress build model.pt2 --target onnx --out build/
+      edgecompress build model.pt2 --policy uniform --rank 32 --eval ../shared/datasets/mnist
+      edgecompress build weights.pt --factory mymodels:make_mlp --input-shape 1x784
+      edgecompress build model.pt2 --policy data --calib train.npz --max-error 0.05
+    """
+    from edgecompress.export.verify import Tolerance
+    from edgecompress.load import parse_shape
+    from edgecompress.lowrank.policies import make_policy
+    from edgecompress.pipeline import BuildConfig, build as run_build
+
+    config = BuildConfig(
+        model=model, out=out, name=name, targets=parse_targets(target_text),
+        input_shape=parse_shape(input_shape) if input_shape else None, factory=factory, allow_pickle=allow_pickle,
+        policy=make_policy(policy, rank=rank, threshold=threshold, scale=scale, max_error=max_error),
+        exclude=exclude, opset=opset, simplify=not no_simplify, eval_data=eval_data, eval_samples=eval_samples,
+        verify_samples=verify_samples, tolerance=Tolerance(atol=atol, rtol=rtol), seed=seed,
+        calib_data=calib_data, calib_samples=calib_samples, max_accuracy_drop=max_accuracy_drop,
+        eval_split=eval_split, target_params=target_params, target_size=parse_size(target_size_text),
+        round_to=round_to, finetune_data=finetune_data, train_data=train_data, epochs=epochs,
+        distill_weight=distill_weight, quantize=quantize, batch=batch,
+    )
+    with stage_spinner(quiet) as progress:
+        result = run_build(config, progress=progress)
+    record = result.record
+    if json_out == "-":
+        stdout.print_json(json.dumps(record))
+    elif json_out:
+        Path(json_out).write_text(json.dumps(record, indent=2) + "\n")
+    if not quiet and json_out != "-":
+        from edgecompress.cli.build_view import print_build
+
+        print_build(record)
+        console.print(f"wrote {', '.join(a['path'] for a in record['artifacts'].values())} and build.json to {out}/")

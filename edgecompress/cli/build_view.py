@@ -1,0 +1,70 @@
+"""The before/after table of a build, rendered from its build.json record."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.table import Table
+
+from edgecompress.cli.console import human_bytes, stdout
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.2f}%"
+
+
+def layer_table(record: dict[str, Any]) -> Table:
+    """One row per Linear layer: shape, rank, energy kept, parameters before/after; totals."""
+    table = Table(title=f"{record['name']}: policy {record['policy']['name']}", title_justify="left")
+    for column in ("layer", "shape (out×in)", "rank", "energy kept", "params before", "params after"):
+        table.add_column(column, justify="left" if column in ("layer", "shape (out×in)") else "right")
+    for layer in record["layers"]:
+        rank = str(layer["rank"]) if layer["factorized"] else "dense"
+        table.add_row(layer["name"] or "(root)", f"{layer['out_features']}×{layer['in_features']}", rank,
+                      f"{layer['energy_kept']:.3f}", f"{layer['params_before']:,}", f"{layer['params_after']:,}")
+    totals = record["totals"]
+    ratio = totals["linear_param_ratio"]
+    table.add_section()
+    table.add_row("total", "", f"{totals['layers_factorized']}/{totals['layers_total']} factorized", "",
+                  f"{totals['linear_params_before']:,}", f"{totals['linear_params_after']:,}"
+                  + (f"  ({ratio:.2f}× fewer)" if ratio else ""))
+    return table
+
+
+def artifact_table(record: dict[str, Any]) -> Table:
+    """One row per artifact: file, size, parameters, ops, accuracy, macro-F1."""
+    table = Table(title="artifacts", title_justify="left")
+    for column in ("role", "file", "size", "params", "accuracy", "macro-F1"):
+        table.add_column(column, justify="left" if column in ("role", "file") else "right")
+    for role, artifact in record["artifacts"].items():
+        evaluation = artifact.get("eval") or {}
+        table.add_row(role, artifact["path"], human_bytes(artifact.get("bytes")),
+                      f"{artifact['params']:,}" if artifact.get("params") is not None else "n/a",
+                      _pct(evaluation.get("accuracy")), _pct(evaluation.get("macro_f1")))
+    return table
+
+
+def verification_lines(record: dict[str, Any]) -> list[str]:
+    """The ✓/✗ lines of every verification in the record."""
+    lines = []
+    for artifact in record["artifacts"].values():
+        for check in artifact.get("verification", []):
+            agreement = check.get("top1_agreement")
+            agreement_text = "n/a" if agreement is None else f"{agreement:.2%}"
+            lines.append(f"{'✓' if check['passed'] else '✗'} {check['artifact']}: max abs err "
+                         f"{check['max_abs_error']:.2e}, top-1 agreement {agreement_text} "
+                         f"({check['samples']} {check['inputs']} inputs)")
+    return lines
+
+
+def print_build(record: dict[str, Any]) -> None:
+    """Print the layer table, verification lines and artifact table to stdout."""
+    stdout.print(layer_table(record))
+    for line in verification_lines(record):
+        stdout.print(line)
+    stdout.print(artifact_table(record))
+    if not any(layer["factorized"] for layer in record["layers"]):
+        stdout.print("[yellow]nothing was compressed[/]: "
+                     + ("the model has no Linear layer" if not record["layers"]
+                        else "no layer's chosen rank pays off (r·(in+out) ≥ in·out)")
+                     + "; the dense export was built and verified")

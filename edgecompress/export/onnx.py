@@ -1,0 +1,147 @@
+"""torch -> ONNX export (dynamic batch, one self-contained file), onnxsim simplification, and the
+refold guard that proves each factor pair survived as two matmuls."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from collections import Counter
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import onnx
+import torch
+from onnx import numpy_helper
+from torch import nn
+
+from edgecompress.errors import ExportError, RefoldError
+from edgecompress.lowrank.factorize import CompressionPlan
+
+DEFAULT_OPSET = 18
+EXTERNAL_DATA_THRESHOLD = 2 * 1024 ** 3  # protobuf's 2 GiB limit
+INPUT_NAME = "input"
+OUTPUT_NAME = "output"
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """Silence the dynamo exporter's chatter (warnings, logs, prints); errors still propagate."""
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch._dynamo", "torch.export", "onnxscript")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+def parameter_bytes(model: nn.Module) -> int:
+    """Bytes of all parameters and buffers (what the ONNX initializers will hold)."""
+    return sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+
+
+def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: Path, *,
+                opset: int = DEFAULT_OPSET, dynamic_batch: bool = True) -> Path:
+    """Export ``model`` to ``path`` with torch's dynamo exporter.
+
+    The batch axis is dynamic, weights are stored inside the file unless they exceed 2 GiB,
+    and the graph passes ``onnx.checker``. Raises :class:`ExportError` with the exporter's reason.
+    """
+    if opset < 18:
+        raise ExportError(f"opset {opset} is not supported by torch's ONNX exporter; use --opset 18 or higher")
+    example = (torch.zeros(input_shape),)
+    dynamic_shapes = ({0: torch.export.Dim("batch", min=1)},) if dynamic_batch and input_shape[0] >= 1 else None
+    external = parameter_bytes(model) > EXTERNAL_DATA_THRESHOLD
+    try:
+        with _quiet_exporter():
+            program = torch.onnx.export(model, example, None, dynamo=True, opset_version=opset,
+                                        input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                                        dynamic_shapes=dynamic_shapes, external_data=external,
+                                        verbose=False, report=False)
+            program.save(str(path), external_data=external)
+    except Exception as exc:  # the exporter raises a zoo of types; all mean "cannot export this model"
+        raise ExportError(f"ONNX export failed: {_first_line(exc)}") from exc
+    try:
+        onnx.checker.check_model(str(path))
+    except onnx.checker.ValidationError as exc:
+        raise ExportError(f"exported ONNX model is invalid: {_first_line(exc)}") from exc
+    return path
+
+
+def _first_line(exc: BaseException) -> str:
+    for line in str(exc).splitlines():
+        if line.strip():
+            return line.strip()[:300]
+    return type(exc).__name__
+
+
+def simplify_onnx(path: Path) -> bool:
+    """Run onnxsim in place; returns False (file untouched) when the model is too large or onnxsim fails its own check."""
+    if path.stat().st_size > EXTERNAL_DATA_THRESHOLD:
+        return False
+    try:
+        import onnxsim
+    except ImportError:
+        return False
+    model = onnx.load(str(path))
+    try:
+        with _quiet_exporter():
+            simplified, ok = onnxsim.simplify(model)
+    except Exception as exc:  # onnxsim raises RuntimeError/ValueError from its C++ core
+        raise ExportError(f"onnxsim failed on {path.name}: {_first_line(exc)}") from exc
+    if not ok:
+        return False
+    onnx.save(simplified, str(path))
+    return True
+
+
+def initializer_shapes(model: onnx.ModelProto) -> list[tuple[int, ...]]:
+    """Shapes of all initializers (and Constant node tensors, where folding may also put weights)."""
+    shapes = [tuple(init.dims) for init in model.graph.initializer]
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.TENSOR:
+                    shapes.append(tuple(attr.t.dims))
+    return shapes
+
+
+def check_factors_kept(model: onnx.ModelProto, plan: CompressionPlan, *, where: str) -> None:
+    """Raise :class:`RefoldError` if a factorized layer's dense in x out weight is in the graph,
+    or if its two factors are missing."""
+    shapes = Counter(initializer_shapes(model))
+    for layer in plan.layers:
+        if layer.rank is None:
+            continue
+        dense = {(layer.in_features, layer.out_features), (layer.out_features, layer.in_features)}
+        if any(shape in shapes for shape in dense):
+            raise RefoldError(f"{where}: a dense {layer.out_features}x{layer.in_features} weight for layer "
+                              f"{layer.name!r} is in the graph where a rank-{layer.rank} factor pair should be "
+                              "(a constant-folding pass multiplied the factors back)")
+        first = {(layer.rank, layer.in_features), (layer.in_features, layer.rank)}
+        second = {(layer.out_features, layer.rank), (layer.rank, layer.out_features)}
+        if not any(s in shapes for s in first) or not any(s in shapes for s in second):
+            raise RefoldError(f"{where}: the rank-{layer.rank} factors of layer {layer.name!r} are missing from the graph")
+
+
+def onnx_facts(path: Path) -> dict[str, object]:
+    """File size, float parameter count and op counts of an ONNX file."""
+    model = onnx.load(str(path), load_external_data=False)
+    params = sum(int(np.prod(init.dims)) for init in model.graph.initializer
+                 if init.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
+                                       onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.BFLOAT16))
+    ops = Counter(node.op_type for node in model.graph.node)
+    return {"bytes": path.stat().st_size, "params": params, "ops": dict(sorted(ops.items()))}
+
+
+def initializer_arrays(path: Path) -> dict[str, np.ndarray]:
+    """All initializers of an ONNX file as numpy arrays (for tests and inspection)."""
+    model = onnx.load(str(path))
+    return {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}

@@ -1,0 +1,241 @@
+"""Load a trained model safely: a ``torch.export`` program (.pt2), a state_dict + factory, or
+(only with an explicit opt-in) a fully pickled module.
+
+Every path returns a plain ``nn.Module`` in which each linear layer is an ``nn.Linear`` (an
+exported program's ``aten.linear`` calls are lifted into ``nn.Linear`` sub-modules), so the rest
+of the pipeline sees one kind of model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import pickle
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from edgecompress.errors import InputError, UnsafeLoadError
+
+PICKLE_FLAG = "--allow-pickle"
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model ready for compression, with where it came from."""
+
+    module: nn.Module
+    path: Path
+    format: str  # "export" | "state_dict" | "pickle" | "module"
+    sha256: str
+    example_shape: tuple[int, ...] | None  # input shape recorded in the file, if any
+
+
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def load_factory(spec: str) -> Callable[[], nn.Module]:
+    """Resolve ``module:function`` or ``path/to/file.py:function`` to a callable."""
+    module_name, sep, attr = spec.rpartition(":")
+    if not sep or not module_name or not attr:
+        raise InputError(f"--factory must look like 'package.module:function' or 'file.py:function', got {spec!r}")
+    try:
+        if module_name.endswith(".py"):
+            file = Path(module_name)
+            if not file.is_file():
+                raise InputError(f"factory file not found: {file}")
+            module_spec = importlib.util.spec_from_file_location(file.stem, file)
+            assert module_spec is not None and module_spec.loader is not None
+            module = importlib.util.module_from_spec(module_spec)
+            module_spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise InputError(f"cannot import factory module {module_name!r}: {exc}") from exc
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise InputError(f"{module_name} has no callable {attr!r}")
+    return factory
+
+
+def _torch_load(path: Path, *, weights_only: bool) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=weights_only)
+    except pickle.UnpicklingError as exc:
+        if weights_only and "weights_only" in str(exc):
+            raise UnsafeLoadError(
+                f"{path} holds a pickled Python object (e.g. a whole nn.Module); loading it runs arbitrary "
+                f"code. Re-run with {PICKLE_FLAG} if you trust the file, or save a torch.export program "
+                f"(.pt2) or a state_dict (+ --factory) instead") from exc
+        raise InputError(f"{path} is not a readable PyTorch file: {exc}") from exc
+    except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile, AttributeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"{path} is not a readable PyTorch file (truncated or corrupt?): {first}") from exc
+
+
+def _lift_linears(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """Turn ``aten.linear(x, W, b)`` calls on parameters into ``nn.Linear`` sub-module calls."""
+    graph = gm.graph
+    for node in list(graph.nodes):
+        if node.op == "call_module" and node.target == "_guards_fn":
+            graph.erase_node(node)  # shape guards pin the exported batch size; we re-export with a dynamic one
+            continue
+        if node.op != "call_function" or node.target not in (torch.ops.aten.linear.default, torch.nn.functional.linear):
+            continue
+        x, weight_node, *rest = node.args
+        bias_node = rest[0] if rest else node.kwargs.get("bias")
+        if getattr(weight_node, "op", None) != "get_attr" or (bias_node is not None and bias_node.op != "get_attr"):
+            continue
+        weight = gm.get_parameter(weight_node.target)
+        if weight.dim() != 2:
+            continue
+        out_features, in_features = weight.shape
+        linear = nn.Linear(in_features, out_features, bias=bias_node is not None)
+        linear.weight = weight
+        if bias_node is not None:
+            linear.bias = gm.get_parameter(bias_node.target)
+        owner = weight_node.target.rpartition(".")[0]
+        name = owner if owner and _replaceable(gm, owner) else f"linear_{weight_node.target.replace('.', '_')}"
+        if name == owner:
+            _set_module(gm, owner, linear)
+        else:
+            gm.add_submodule(name, linear)
+        with graph.inserting_before(node):
+            replacement = graph.call_module(name, (x,))
+        node.replace_all_uses_with(replacement)
+        graph.erase_node(node)
+    graph.eliminate_dead_code()
+    graph.lint()
+    if hasattr(gm, "_guards_fn"):
+        gm.delete_submodule("_guards_fn")
+    for key, hook in list(gm._forward_pre_hooks.items()):
+        if "check_input_constraints" in getattr(hook, "__name__", ""):
+            del gm._forward_pre_hooks[key]  # same reason: the exported batch size is not a constraint of ours
+    gm.recompile()
+    return gm
+
+
+def _set_module(root: nn.Module, path: str, module: nn.Module) -> None:
+    parent_path, _, leaf = path.rpartition(".")
+    parent = root.get_submodule(parent_path) if parent_path else root
+    setattr(parent, leaf, module)
+
+
+def _replaceable(gm: nn.Module, path: str) -> bool:
+    """A parameter holder with only weight/bias and no children can become an nn.Linear."""
+    try:
+        owner = gm.get_submodule(path)
+    except AttributeError:
+        return False
+    names = {name for name, _ in owner.named_parameters(recurse=False)}
+    return not list(owner.children()) and names <= {"weight", "bias"} and not list(owner.buffers(recurse=False))
+
+
+def _load_export(path: Path) -> tuple[nn.Module, tuple[int, ...] | None]:
+    try:
+        program = torch.export.load(path)
+    except Exception as exc:  # torch raises many types for a bad archive
+        raise InputError(f"{path} is not a readable torch.export program: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
+    user_inputs = [spec.arg.name for spec in program.graph_signature.input_specs
+                   if spec.kind == torch.export.graph_signature.InputKind.USER_INPUT]
+    shape = None
+    for node in program.graph.nodes:
+        if node.op == "placeholder" and node.name in user_inputs and "val" in node.meta:
+            shape = tuple(int(d) for d in node.meta["val"].shape)
+            break
+    return _lift_linears(program.module()), shape
+
+
+def load_model(path: str | Path, *, factory: str | None = None, allow_pickle: bool = False) -> LoadedModel:
+    """Load ``path`` as a model (see module docstring). Never modifies the file."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"model file not found: {path}")
+    if not path.is_file():
+        raise InputError(f"model path is not a file: {path}")
+    digest = file_sha256(path)
+    example_shape = None
+    if path.suffix == ".pt2":
+        module, example_shape = _load_export(path)
+        fmt = "export"
+    else:
+        obj = _torch_load(path, weights_only=not allow_pickle)
+        if isinstance(obj, nn.Module):
+            module, fmt = obj, "pickle"
+        elif isinstance(obj, dict) and all(isinstance(v, torch.Tensor) for v in obj.values()):
+            if factory is None:
+                raise InputError(f"{path} is a state_dict (weights only): give --factory 'module:function' "
+                                 "that builds the architecture")
+            module = factory_module(load_factory(factory))
+            try:
+                module.load_state_dict(obj)
+            except RuntimeError as exc:
+                raise InputError(f"state_dict does not fit the factory's model: {str(exc).splitlines()[0]}") from exc
+            fmt = "state_dict"
+        else:
+            raise InputError(f"{path} holds a {type(obj).__name__}, not a model or a state_dict")
+    if fmt != "export":  # an exported program is already in inference form and refuses .eval()
+        module.eval()
+    check_finite(module)
+    return LoadedModel(module, path, fmt, digest, example_shape)
+
+
+def factory_module(factory: Callable[[], nn.Module]) -> nn.Module:
+    """Call a factory and check it returned a module."""
+    module = factory()
+    if not isinstance(module, nn.Module):
+        raise InputError(f"the factory returned {type(module).__name__}, not an nn.Module")
+    return module
+
+
+def check_finite(module: nn.Module) -> None:
+    """Reject models with NaN or Inf parameters (an SVD of them is meaningless)."""
+    for name, param in module.named_parameters():
+        if not torch.isfinite(param).all():
+            raise InputError(f"parameter {name} contains NaN or Inf values; fix the model before compressing it")
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    """``"1x784"`` or ``"1,3,32,32"`` -> a shape tuple of positive ints."""
+    parts = text.lower().replace(",", "x").split("x")
+    try:
+        shape = tuple(int(p) for p in parts)
+    except ValueError:
+        raise InputError(f"--input-shape must look like 1x784, got {text!r}") from None
+    if not shape or any(d <= 0 for d in shape):
+        raise InputError(f"--input-shape needs positive sizes, got {text!r}")
+    return shape
+
+
+def infer_input_shape(module: nn.Module) -> tuple[int, ...]:
+    """(1, in_features) when the model's first parameterised layer is an ``nn.Linear``."""
+    for sub in module.modules():
+        if any(True for _ in sub.parameters(recurse=False)):
+            if isinstance(sub, nn.Linear):
+                return (1, sub.in_features)
+            break
+    raise InputError("cannot infer the input shape (the first layer is not a Linear); give --input-shape, e.g. 1x3x32x32")
+
+
+def check_input_shape(module: nn.Module, shape: tuple[int, ...]) -> torch.Tensor:
+    """Run one forward pass on zeros of ``shape``; return the output or raise a clear error."""
+    try:
+        with torch.no_grad():
+            out = module(torch.zeros(shape))
+    except Exception as exc:  # any failure means the shape does not fit this model
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"input shape {'x'.join(map(str, shape))} does not fit the model: {message}") from exc
+    if not isinstance(out, torch.Tensor):
+        raise InputError(f"the model returns {type(out).__name__}; edgecompress needs a model returning one tensor")
+    return out

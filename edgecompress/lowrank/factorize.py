@@ -1,0 +1,160 @@
+"""Swap Linear layers for low-rank factor pairs: ``compress(model, policy) -> (model, plan)``."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from edgecompress.lowrank.policies import PolicyContext, RankPolicy
+from edgecompress.lowrank.spectrum import LayerSpectrum, linear_layers, model_spectra
+
+
+class LowRankLinear(nn.Module):
+    """``Linear(in, out)`` as two matmuls: ``first`` (in -> rank, no bias), ``second`` (rank -> out, bias)."""
+
+    def __init__(self, in_features: int, out_features: int, rank: int, bias: bool = True) -> None:
+        super().__init__()
+        self.in_features, self.out_features, self.rank = in_features, out_features, rank
+        self.first = nn.Linear(in_features, rank, bias=False)
+        self.second = nn.Linear(rank, out_features, bias=bias)
+
+    @classmethod
+    def from_spectrum(cls, spectrum: LayerSpectrum, rank: int, bias: torch.Tensor | None) -> "LowRankLinear":
+        """The best rank-``rank`` approximation (truncated SVD) of a layer, with its bias."""
+        layer = cls(spectrum.in_features, spectrum.out_features, rank, bias=bias is not None)
+        first, second = spectrum.factors(rank)
+        with torch.no_grad():
+            layer.first.weight.copy_(first)
+            layer.second.weight.copy_(second)
+            if bias is not None:
+                layer.second.bias.copy_(bias)
+        return layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.second(self.first(x))
+
+    def dense_weight(self) -> torch.Tensor:
+        """The (out x in) product of the factors."""
+        return self.second.weight @ self.first.weight
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}"
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    """What happened to one Linear layer."""
+
+    name: str
+    in_features: int
+    out_features: int
+    rank: int | None  # None: kept dense
+    energy_kept: float
+    params_before: int
+    params_after: int
+    reason: str | None = None  # why it stayed dense
+
+    @property
+    def factorized(self) -> bool:
+        return self.rank is not None
+
+
+@dataclass(frozen=True)
+class CompressionPlan:
+    """Per-layer ranks and parameter counts of one compression."""
+
+    policy: dict[str, Any]
+    layers: tuple[LayerPlan, ...]
+
+    @property
+    def linear_params_before(self) -> int:
+        return sum(layer.params_before for layer in self.layers)
+
+    @property
+    def linear_params_after(self) -> int:
+        return sum(layer.params_after for layer in self.layers)
+
+    @property
+    def ranks(self) -> dict[str, int | None]:
+        return {layer.name: layer.rank for layer in self.layers}
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``policy``, ``layers`` and ``totals`` sections of build.json."""
+        before, after = self.linear_params_before, self.linear_params_after
+        return {
+            "policy": self.policy,
+            "layers": [{**asdict(layer), "factorized": layer.factorized} for layer in self.layers],
+            "totals": {
+                "linear_params_before": before,
+                "linear_params_after": after,
+                "linear_param_ratio": round(before / after, 4) if after else None,
+                "layers_factorized": sum(layer.factorized for layer in self.layers),
+                "layers_total": len(self.layers),
+            },
+        }
+
+
+def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, leaf = name.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, leaf, module)
+
+
+def layer_plan(spectrum: LayerSpectrum, rank: int | None) -> LayerPlan:
+    """Plan entry for one layer; a rank that does not pay is turned into "keep dense"."""
+    reason = None
+    if rank is not None and not spectrum.pays(rank):
+        reason = f"rank {rank} does not pay: r*(in+out) >= in*out (break-even rank {spectrum.break_even_rank})"
+        rank = None
+    elif rank is None:
+        reason = "kept dense by the policy"
+    energy = spectrum.energy_kept(rank) if rank is not None else 1.0
+    after = spectrum.factored_params(rank) if rank is not None else spectrum.dense_params
+    return LayerPlan(spectrum.name, spectrum.in_features, spectrum.out_features, rank,
+                     round(energy, 6), spectrum.dense_params, after, reason)
+
+
+def apply_ranks(model: nn.Module, spectra: dict[str, LayerSpectrum], ranks: dict[str, int | None],
+                policy: dict[str, Any]) -> tuple[nn.Module, CompressionPlan]:
+    """A copy of ``model`` with each layer truncated to its rank (None or non-paying = dense)."""
+    new_model = copy.deepcopy(model)
+    layers = linear_layers(new_model)
+    plans = []
+    for name, spectrum in spectra.items():
+        plan = layer_plan(spectrum, ranks.get(name))
+        plans.append(plan)
+        if plan.rank is not None:
+            bias = layers[name].bias.detach() if layers[name].bias is not None else None
+            _set_submodule(new_model, name, LowRankLinear.from_spectrum(spectrum, plan.rank, bias))
+    if hasattr(new_model, "recompile"):
+        new_model.recompile()  # fx GraphModules re-generate code after sub-module swaps
+    return new_model, CompressionPlan(policy, tuple(plans))
+
+
+def compress(model: nn.Module, policy: RankPolicy, *, exclude: str | None = None,
+             context: PolicyContext | None = None,
+             spectra: dict[str, LayerSpectrum] | None = None) -> tuple[nn.Module, CompressionPlan]:
+    """Factorize every selected ``nn.Linear`` of ``model`` by ``policy``; the input is not modified.
+
+    Args:
+        model: any module; Linear layers anywhere in its tree are candidates.
+        policy: a rank policy (``UniformPolicy(32)``, ``EnergyPolicy(0.95)`` ...).
+        exclude: regular expression on qualified layer names to keep dense.
+        context: calibration data / evaluator for policies that need them.
+        spectra: precomputed spectra (``model_spectra(model, exclude)``) to skip the SVDs.
+
+    Returns:
+        The compressed copy and its :class:`CompressionPlan`.
+    """
+    spectra = spectra if spectra is not None else model_spectra(model, exclude)
+    ranks = policy.plan(spectra, context or PolicyContext())
+    return apply_ranks(model, spectra, ranks, policy.to_json())
+
+
+def count_linear_params(model: nn.Module) -> int:
+    """Weights and biases of all Linear layers (factor pairs count both factors)."""
+    return sum(p.numel() for m in model.modules() if isinstance(m, nn.Linear) for p in m.parameters(recurse=False))

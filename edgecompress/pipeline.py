@@ -1,0 +1,220 @@
+"""``build``: load -> compress -> export (dense + compressed) -> simplify -> guard -> verify -> eval
+-> build.json. Each step calls one module; this file only orders them and stages the outputs so a
+failed build leaves no partial files behind."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import onnx
+from torch import nn
+
+from edgecompress import provenance
+from edgecompress.data import Dataset, load_dataset
+from edgecompress.errors import InputError
+from edgecompress.export import onnx as onnx_export
+from edgecompress.export.verify import Tolerance, ort_runner, random_inputs, torch_outputs, verify
+from edgecompress.load import LoadedModel, check_input_shape, infer_input_shape, load_model
+from edgecompress.lowrank.factorize import CompressionPlan, compress
+from edgecompress.lowrank.policies import PolicyContext, RankPolicy, UniformPolicy
+from edgecompress.lowrank.spectrum import model_spectra
+from edgecompress.metrics import accuracy, macro_f1
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """Everything ``build`` needs; the CLI fills it from flags."""
+
+    model: Path
+    out: Path
+    policy: RankPolicy = field(default_factory=UniformPolicy)
+    name: str | None = None
+    targets: tuple[str, ...] = ("onnx",)
+    input_shape: tuple[int, ...] | None = None
+    factory: str | None = None
+    allow_pickle: bool = False
+    exclude: str | None = None
+    opset: int = onnx_export.DEFAULT_OPSET
+    simplify: bool = True
+    eval_data: str | None = None
+    eval_samples: int | None = None
+    verify_samples: int = 256
+    tolerance: Tolerance = field(default_factory=Tolerance)
+    seed: int = 0
+    # data-driven ranks and budget mode (lowrank/calibration.py, lowrank/budget.py)
+    calib_data: str | None = None
+    calib_samples: int = 1024
+    max_accuracy_drop: float | None = None
+    eval_split: str | None = None
+    target_params: float | None = None
+    target_size: int | None = None
+    round_to: int = 1
+    # fine-tuning and SVD training (lowrank/training.py)
+    train_data: str | None = None
+    finetune_data: str | None = None
+    epochs: int = 3
+    distill_weight: float = 0.5
+    training: dict[str, Any] = field(default_factory=dict)  # sparsity, lambda_orth, lambda_sparsity, prune_energy, lr ...
+    # extra targets (export/tflite.py, export/quantize.py)
+    quantize: str | None = None
+    batch: int = 1
+
+    @property
+    def stem(self) -> str:
+        return self.name or self.model.stem
+
+
+@dataclass
+class BuildResult:
+    """The build.json record and where the artifacts are."""
+
+    record: dict[str, Any]
+    out: Path
+    model: nn.Module = field(repr=False)
+    plan: CompressionPlan = field(repr=False)
+
+    def artifact(self, role: str) -> Path:
+        return self.out / self.record["artifacts"][role]["path"]
+
+
+class _Timings(dict):
+    @contextlib.contextmanager
+    def stage(self, name: str, progress: Progress | None) -> Iterator[None]:
+        if progress:
+            progress(name)
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self[name] = round(self.get(name, 0.0) + time.perf_counter() - start, 4)
+
+
+@contextlib.contextmanager
+def staged_output(out: Path) -> Iterator[Path]:
+    """A temporary folder inside ``out``; on success its files move into ``out``, on failure
+    everything is removed (and ``out`` too if this build created it)."""
+    if out.exists() and not out.is_dir():
+        raise InputError(f"output path {out} exists and is not a folder")
+    created = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create output folder {out}: {exc.strerror}") from exc
+    staging = Path(tempfile.mkdtemp(prefix=".edgecompress-", dir=out))
+    try:
+        yield staging
+        for item in sorted(staging.iterdir()):
+            os.replace(item, out / item.name)
+    except BaseException:
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def resolve_input_shape(loaded: LoadedModel, given: tuple[int, ...] | None) -> tuple[int, ...]:
+    """--input-shape, else the shape recorded in an exported program, else (1, in) of a leading Linear."""
+    shape = given or loaded.example_shape or infer_input_shape(loaded.module)
+    check_input_shape(loaded.module, shape)
+    return shape
+
+
+def _eval_dataset(config: BuildConfig, input_shape: tuple[int, ...]) -> Dataset | None:
+    if config.eval_data is None:
+        return None
+    data = load_dataset(config.eval_data, default_split="test").take(config.eval_samples)
+    expected = input_shape[1:]
+    if data.x.shape[1:] != expected:
+        if int(np.prod(data.x.shape[1:])) == int(np.prod(expected)):
+            data = Dataset(data.x.reshape(len(data), *expected), data.y, data.name)
+        else:
+            raise InputError(f"eval data {data.name} has samples of shape {data.x.shape[1:]}, "
+                             f"the model expects {expected}")
+    return data
+
+
+def evaluate_runner(runner: Callable[[np.ndarray], np.ndarray], data: Dataset) -> dict[str, Any]:
+    """Accuracy and macro-F1 of a runner on labelled data (None without labels)."""
+    outputs = runner(data.x)
+    if data.y is None:
+        return {"dataset": data.name, "samples": len(data), "accuracy": None, "macro_f1": None}
+    return {"dataset": data.name, "samples": len(data), "accuracy": accuracy(outputs, data.y),
+            "macro_f1": macro_f1(outputs, data.y)}
+
+
+def _export_verified(model: nn.Module, role: str, path: Path, config: BuildConfig, input_shape: tuple[int, ...],
+                     plan: CompressionPlan | None, checks: list[tuple[np.ndarray, str]],
+                     timings: _Timings, progress: Progress | None) -> dict[str, Any]:
+    """Export one model, simplify it, guard its factors, verify it; return its artifact record."""
+    with timings.stage(f"export_{role}", progress):
+        onnx_export.export_onnx(model, input_shape, path, opset=config.opset)
+        if plan is not None:
+            onnx_export.check_factors_kept(onnx.load(str(path)), plan, where=f"{path.name} (export)")
+    simplified = False
+    if config.simplify:
+        with timings.stage(f"simplify_{role}", progress):
+            simplified = onnx_export.simplify_onnx(path)
+            if plan is not None:
+                onnx_export.check_factors_kept(onnx.load(str(path)), plan, where=f"{path.name} (onnxsim)")
+    with timings.stage(f"verify_{role}", progress):
+        runner = ort_runner(path)
+        verifications = [verify(path.name, runner, torch_outputs(model, inputs), inputs, description,
+                                config.tolerance).to_json() for inputs, description in checks]
+    return {"path": path.name, "format": "onnx", "simplified": simplified, **onnx_export.onnx_facts(path),
+            "verification": verifications}
+
+
+def build(config: BuildConfig, progress: Progress | None = None) -> BuildResult:
+    """Run the whole build; artifacts and build.json land in ``config.out`` only if every step passed."""
+    timings = _Timings()
+    with timings.stage("load", progress):
+        loaded = load_model(config.model, factory=config.factory, allow_pickle=config.allow_pickle)
+        input_shape = resolve_input_shape(loaded, config.input_shape)
+        eval_data = _eval_dataset(config, input_shape)
+    with timings.stage("compress", progress):
+        spectra = model_spectra(loaded.module, config.exclude)
+        compressed, plan = compress(loaded.module, config.policy, exclude=config.exclude,
+                                    context=PolicyContext(progress=progress is not None), spectra=spectra)
+    checks = [(random_inputs(input_shape, config.verify_samples, config.seed), "random")]
+    if eval_data is not None:
+        checks.append((eval_data.x, "eval"))
+    stem = config.stem
+    artifacts: dict[str, Any] = {}
+    with staged_output(config.out) as staging:
+        for role, model, filename, model_plan in (("dense", loaded.module, f"{stem}.dense.onnx", None),
+                                                  ("compressed", compressed, f"{stem}.onnx", plan)):
+            target = (config.out / filename).resolve()
+            if target == config.model.resolve():
+                raise InputError(f"refusing to overwrite the input model {config.model}; choose another --out or --name")
+            artifacts[role] = _export_verified(model, role, staging / filename, config, input_shape,
+                                               model_plan, checks, timings, progress)
+        if eval_data is not None:
+            with timings.stage("eval", progress):
+                for role in artifacts:
+                    artifacts[role]["eval"] = evaluate_runner(ort_runner(staging / artifacts[role]["path"]), eval_data)
+        record = {
+            "schema": "edgecompress.build/1",
+            "name": stem,
+            "provenance": provenance.collect(),
+            "input": {"path": str(config.model), "sha256": loaded.sha256, "format": loaded.format,
+                      "input_shape": list(input_shape)},
+            **plan.to_json(),
+            "options": {"targets": list(config.targets), "opset": config.opset, "exclude": config.exclude,
+                        "simplify": config.simplify, "seed": config.seed},
+            "artifacts": artifacts,
+            "timings_s": dict(timings),
+        }
+        (staging / "build.json").write_text(json.dumps(record, indent=2) + "\n")
+    return BuildResult(record, config.out, compressed, plan)
