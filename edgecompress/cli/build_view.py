@@ -25,9 +25,10 @@ def layer_table(record: dict[str, Any]) -> Table:
     totals = record["totals"]
     ratio = totals["linear_param_ratio"]
     table.add_section()
-    table.add_row("total", "", f"{totals['layers_factorized']}/{totals['layers_total']} factorized", "",
-                  f"{totals['linear_params_before']:,}", f"{totals['linear_params_after']:,}"
-                  + (f"  ({ratio:.2f}× fewer)" if ratio else ""))
+    table.add_row("total", f"{totals['layers_factorized']}/{totals['layers_total']} factorized", "", "",
+                  f"{totals['linear_params_before']:,}", f"{totals['linear_params_after']:,}")
+    if ratio:
+        table.caption = f"{ratio:.2f}x fewer Linear parameters"
     return table
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -121,7 +122,9 @@ def layer_plan(spectrum: LayerSpectrum, rank: int | None) -> LayerPlan:
 def apply_ranks(model: nn.Module, spectra: dict[str, LayerSpectrum], ranks: dict[str, int | None],
                 policy: dict[str, Any]) -> tuple[nn.Module, CompressionPlan]:
     """A copy of ``model`` with each layer truncated to its rank (None or non-paying = dense)."""
-    new_model = copy.deepcopy(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.fx pytree deprecation noise on deepcopy
+        new_model = copy.deepcopy(model)
     layers = linear_layers(new_model)
     plans = []
     for name, spectrum in spectra.items():
