@@ -8,6 +8,7 @@ A rank of ``None`` in a plan means "keep this layer dense".
 
 from __future__ import annotations
 
+import importlib
 import math
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
@@ -48,6 +49,17 @@ class RankPolicy(ABC):
 
 
 POLICIES: dict[str, type[RankPolicy]] = {}
+# modules that register more policies; imported on first lookup so this file never names their classes
+PLUGIN_MODULES = ("edgecompress.lowrank.data_policies", "edgecompress.lowrank.training")
+
+
+def _load_plugins() -> None:
+    for module in PLUGIN_MODULES:
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
 
 
 def register(cls: type[RankPolicy]) -> type[RankPolicy]:
@@ -58,6 +70,7 @@ def register(cls: type[RankPolicy]) -> type[RankPolicy]:
 
 def make_policy(name: str, **options: Any) -> RankPolicy:
     """Instantiate a registered policy, ignoring options it does not take (None = default)."""
+    _load_plugins()
     if name not in POLICIES:
         raise InputError(f"unknown policy {name!r}; choose one of: {', '.join(sorted(POLICIES))}")
     cls = POLICIES[name]
