@@ -73,12 +73,12 @@ def _torch_load(path: Path, *, weights_only: bool) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=weights_only)
     except pickle.UnpicklingError as exc:
-        if weights_only and "weights_only" in str(exc):
+        if weights_only and "Unsupported global" in str(exc):
             raise UnsafeLoadError(
                 f"{path} holds a pickled Python object (e.g. a whole nn.Module); loading it runs arbitrary "
                 f"code. Re-run with {PICKLE_FLAG} if you trust the file, or save a torch.export program "
                 f"(.pt2) or a state_dict (+ --factory) instead") from exc
-        raise InputError(f"{path} is not a readable PyTorch file: {exc}") from exc
+        raise InputError(f"{path} is not a readable PyTorch file (not a torch.save archive, or corrupt)") from exc
     except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile, AttributeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InputError(f"{path} is not a readable PyTorch file (truncated or corrupt?): {first}") from exc

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import re
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -67,12 +68,22 @@ def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: Path, *,
                                         verbose=False, report=False)
             program.save(str(path), external_data=external)
     except Exception as exc:  # the exporter raises a zoo of types; all mean "cannot export this model"
-        raise ExportError(f"ONNX export failed: {_first_line(exc)}") from exc
+        raise ExportError(f"ONNX export failed: {_export_reason(exc)}") from exc
     try:
         onnx.checker.check_model(str(path))
     except onnx.checker.ValidationError as exc:
         raise ExportError(f"exported ONNX model is invalid: {_first_line(exc)}") from exc
     return path
+
+
+def _export_reason(exc: BaseException) -> str:
+    """The root cause from the dynamo exporter's report ("## Exception summary"), without colours."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    if "## Exception summary" in text:
+        summary = text.split("## Exception summary", 1)[1].strip().splitlines()
+        if summary:
+            return re.sub(r"^<class '[^']*'>:\s*", "", summary[0])[:300]
+    return _first_line(exc)
 
 
 def _first_line(exc: BaseException) -> str:

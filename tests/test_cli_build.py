@@ -1,0 +1,157 @@
+"""The build command end to end: outputs, exit codes, one-line errors, no partial files."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from edgecompress.cli import main
+from edgecompress.load import load_factory
+from edgecompress.models import save_exported
+
+
+def run_cli(args: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+        raise SystemExit(0)
+    captured = capsys.readouterr()
+    return int(exit_info.value.code or 0), captured.out, captured.err
+
+
+def assert_one_line_error(err: str, needle: str) -> None:
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], err
+    assert "Traceback" not in err
+
+
+def test_build_writes_artifacts_and_build_json(small_mlp_pt2: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "out"
+    code, stdout, _ = run_cli(["build", str(small_mlp_pt2), "--policy", "uniform", "--rank", "8", "--out", str(out),
+                               "--eval", "digits"], capsys)
+    assert code == 0
+    assert sorted(p.name for p in out.iterdir()) == ["build.json", "small.dense.onnx", "small.onnx"]
+    record = json.loads((out / "build.json").read_text())
+    assert record["totals"]["linear_params_after"] < record["totals"]["linear_params_before"]
+    assert [layer["rank"] for layer in record["layers"]] == [8, 8, 8]
+    for role in ("dense", "compressed"):
+        artifact = record["artifacts"][role]
+        assert all(check["passed"] for check in artifact["verification"])
+        assert 0.0 <= artifact["eval"]["accuracy"] <= 1.0
+    assert record["input"]["sha256"] and record["provenance"]["versions"]["torch"]
+    assert "✓ small.onnx" in stdout and "small.dense.onnx" in stdout
+
+
+def test_build_is_deterministic(small_mlp_pt2: Path, tmp_path: Path, capsys) -> None:
+    for name in ("a", "b"):
+        code, _, _ = run_cli(["build", str(small_mlp_pt2), "--policy", "energy", "--energy", "0.8", "--quiet",
+                              "--out", str(tmp_path / name)], capsys)
+        assert code == 0
+    for file in ("small.onnx", "small.dense.onnx"):
+        assert (tmp_path / "a" / file).read_bytes() == (tmp_path / "b" / file).read_bytes()
+    ranks = [json.loads((tmp_path / n / "build.json").read_text())["layers"] for n in "ab"]
+    assert ranks[0] == ranks[1]
+
+
+def test_json_to_stdout(small_mlp_pt2: Path, tmp_path: Path, capsys) -> None:
+    code, stdout, _ = run_cli(["build", str(small_mlp_pt2), "--out", str(tmp_path / "o"), "--json", "-"], capsys)
+    assert code == 0 and json.loads(stdout)["schema"] == "edgecompress.build/1"
+
+
+def test_model_without_linear_builds_dense_only(tmp_path: Path, capsys) -> None:
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten())
+    path = save_exported(model, (1, 1, 8, 8), tmp_path / "conv.pt2")
+    code, stdout, _ = run_cli(["build", str(path), "--out", str(tmp_path / "o")], capsys)
+    assert code == 0 and "nothing was compressed" in stdout
+    assert json.loads((tmp_path / "o" / "build.json").read_text())["totals"]["layers_total"] == 0
+
+
+def write(path: Path, content: bytes) -> Path:
+    path.write_bytes(content)
+    return path
+
+
+@pytest.mark.parametrize("case,needle", [
+    ("missing", "not found"),
+    ("random", "not a readable PyTorch file"),
+    ("truncated", "not a readable"),
+    ("state_dict", "--factory"),
+    ("pickle", "--allow-pickle"),
+    ("nan", "NaN or Inf"),
+    ("bad_shape", "does not fit the model"),
+    ("out_is_file", "is not a folder"),
+    ("bad_policy_value", "--energy"),
+])
+def test_bad_input_exit_2_one_line_no_partial_output(case: str, needle: str, tmp_path: Path, small_mlp_pt2: Path,
+                                                     small_mlp_state_dict: Path, small_mlp_pickle: Path, capsys) -> None:
+    out = tmp_path / "out"
+    args = ["build", "MODEL", "--out", str(out)]
+    model = small_mlp_pt2
+    if case == "missing":
+        model = tmp_path / "nope.pt2"
+    elif case == "random":
+        model = write(tmp_path / "r.pt", bytes(range(256)) * 8)
+    elif case == "truncated":
+        model = write(tmp_path / "t.pt2", small_mlp_pt2.read_bytes()[:2000])
+    elif case == "state_dict":
+        model = small_mlp_state_dict
+    elif case == "pickle":
+        model = small_mlp_pickle
+    elif case == "nan":
+        broken = nn.Sequential(nn.Linear(4, 4))
+        with torch.no_grad():
+            broken[0].bias[1] = float("inf")
+        model = save_exported(broken, (1, 4), tmp_path / "nan.pt2")
+    elif case == "bad_shape":
+        args += ["--input-shape", "1x63"]
+    elif case == "out_is_file":
+        write(out, b"not a folder")
+    elif case == "bad_policy_value":
+        args += ["--energy", "1.7"]
+    args[1] = str(model)
+    code, _, err = run_cli(args, capsys)
+    assert code == 2
+    assert_one_line_error(err, needle)
+    if case == "out_is_file":
+        assert out.read_bytes() == b"not a folder"
+    else:
+        assert not out.exists(), "a failed build must leave no output folder behind"
+
+
+def test_failed_build_keeps_existing_output_folder_untouched(small_mlp_pt2: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    code, _, err = run_cli(["build", str(small_mlp_pt2), "--out", str(out), "--input-shape", "1x5"], capsys)
+    assert code == 2
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+
+
+def test_verification_failure_exits_1_and_leaves_nothing(small_mlp_pt2: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "out"
+    code, _, err = run_cli(["build", str(small_mlp_pt2), "--out", str(out), "--atol", "0", "--rtol", "0"], capsys)
+    assert code == 1 and "exceeds tolerance" in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_unsupported_op_at_export_exits_2(tmp_path: Path, capsys) -> None:
+    path = tmp_path / "weights.pt"
+    factory = tmp_path / "arch.py"
+    factory.write_text(
+        "import torch\nfrom torch import nn\n"
+        "class Gate(nn.Module):\n"
+        "    def __init__(self):\n        super().__init__()\n        self.fc = nn.Linear(8, 8)\n"
+        "    def forward(self, x):\n        return torch.histc(self.fc(x), bins=4)\n"
+        "def make():\n    return Gate()\n")
+    torch.save(load_factory(f"{factory}:make")().state_dict(), path)
+    code, _, err = run_cli(["build", str(path), "--factory", f"{factory}:make", "--input-shape", "2x8",
+                            "--out", str(tmp_path / "o")], capsys)
+    assert code == 2
+    assert_one_line_error(err, "ONNX export failed: aten_histc")
+    assert not (tmp_path / "o").exists()
+
+
+def test_help_has_examples(capsys) -> None:
+    code, stdout, _ = run_cli(["build", "--help"], capsys)
+    assert code == 0 and "Examples:" in stdout and "--policy" in stdout
