@@ -1,0 +1,225 @@
+"""bench.json -> Markdown: a settings list and two tables (speed & memory per batch; size &
+accuracy per model). The table builders are shared with the HTML report.
+
+Cells show the value and, for models other than the reference, its ratio to the reference
+(``0.213 (0.45×)``); accuracy and macro-F1 show the change in percentage points instead.
+Missing values print as ``n/a``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+NA = "n/a"
+
+
+@dataclass(frozen=True)
+class Table:
+    """Headers, alignment per column (``l``/``r``) and rows of already formatted cells."""
+
+    title: str
+    headers: tuple[str, ...]
+    align: tuple[str, ...]
+    rows: tuple[tuple[str, ...], ...]
+
+
+# --- number formatting ------------------------------------------------------------------------
+
+
+def fmt_ms(value: float | None) -> str:
+    if value is None:
+        return NA
+    return f"{value:.3f}" if value < 10 else f"{value:.2f}" if value < 100 else f"{value:.1f}"
+
+
+def fmt_float(value: float | None, digits: int = 1) -> str:
+    return NA if value is None else f"{value:,.{digits}f}"
+
+
+def fmt_int(value: int | None) -> str:
+    return NA if value is None else f"{int(value):,}"
+
+
+def fmt_bytes(value: int | None) -> str:
+    if value is None:
+        return NA
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if value >= size:
+            return f"{value / size:.2f} {unit}"
+    return f"{value} B"
+
+
+def fmt_pct(value: float | None) -> str:
+    return NA if value is None else f"{value * 100:.2f}%"
+
+
+def fmt_sci(value: float | None) -> str:
+    return NA if value is None else f"{value:.2e}"
+
+
+def fmt_ratio(value: float | None) -> str:
+    if value is None:
+        return NA
+    return f"{value:.2f}×" if value < 100 else f"{value:.0f}×"
+
+
+def with_ratio(text: str, ratio: float | None, is_reference: bool) -> str:
+    """``text (ratio×)`` for non-reference models with a known ratio."""
+    if is_reference or text == NA or ratio is None:
+        return text
+    return f"{text} ({fmt_ratio(ratio)})"
+
+
+def with_delta_pt(value: float | None, reference: float | None, is_reference: bool) -> str:
+    """A percentage with its change in percentage points vs the reference: ``97.90% (−0.20 pt)``."""
+    text = fmt_pct(value)
+    if is_reference or value is None or reference is None:
+        return text
+    delta = (value - reference) * 100
+    sign = "+" if delta >= 0.005 else "−" if delta <= -0.005 else "±"
+    return f"{text} ({sign}{abs(delta):.2f} pt)"
+
+
+# --- tables -----------------------------------------------------------------------------------
+
+
+def _latency(row: Mapping[str, Any], key: str) -> float | None:
+    return (row.get("latency_ms") or {}).get(key)
+
+
+def speed_table(bench: Mapping[str, Any]) -> Table:
+    """One row per batch size and model: latency percentiles, throughput, start-up, memory."""
+    ref = bench.get("reference")
+    rows = []
+    for r in bench.get("results", []):
+        is_ref = r.get("model") == ref
+        ratios = r.get("ratios") or {}
+
+        def cell(text: str, key: str) -> str:
+            return with_ratio(text, ratios.get(key), is_ref)
+
+        rows.append((
+            str(r.get("model")), str(r.get("batch")),
+            *(cell(fmt_ms(_latency(r, k)), k) for k in ("p50", "p90", "p99", "min", "mean")),
+            cell(fmt_float(r.get("throughput_per_s"), 1), "throughput_per_s"),
+            cell(fmt_ms(r.get("init_ms")), "init_ms"),
+            cell(fmt_ms(r.get("first_inference_ms")), "first_inference_ms"),
+            cell(fmt_float(r.get("peak_rss_mib"), 1), "peak_rss_mib"),
+            cell(fmt_float(r.get("rss_increment_mib"), 1), "rss_increment_mib"),
+        ))
+    headers = ("Model", "Batch", "p50 ms", "p90 ms", "p99 ms", "min ms", "mean ms", "Samples/s",
+               "Init ms", "First ms", "Peak RSS MiB", "+RSS MiB")
+    return Table("Speed and memory", headers, ("l",) + ("r",) * (len(headers) - 1), tuple(rows))
+
+
+def model_rows(bench: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Per model: its entry in ``models`` merged with its first result row (size, accuracy ...)."""
+    first: dict[str, Mapping[str, Any]] = {}
+    for r in bench.get("results", []):
+        first.setdefault(r.get("model"), r)
+    merged = []
+    for m in bench.get("models", []):
+        row = dict(first.get(m.get("name"), {}))
+        row.update({k: v for k, v in m.items() if v is not None or k not in row})
+        merged.append(row)
+    return merged
+
+
+def model_table(bench: Mapping[str, Any]) -> Table:
+    """One row per model: format, file size, parameters, accuracy, macro-F1, agreement, max diff."""
+    ref_name = bench.get("reference")
+    models = model_rows(bench)
+    ref = next((m for m in models if m.get("name") == ref_name), {})
+    rows = []
+    for m in models:
+        is_ref = m.get("name") == ref_name
+        ratios = m.get("ratios") or {}
+        rows.append((
+            str(m.get("name")), str(m.get("format", NA)),
+            with_ratio(fmt_bytes(m.get("bytes")), ratios.get("bytes"), is_ref),
+            with_ratio(fmt_int(m.get("params")), ratios.get("params"), is_ref),
+            with_delta_pt(m.get("accuracy"), ref.get("accuracy"), is_ref),
+            with_delta_pt(m.get("macro_f1"), ref.get("macro_f1"), is_ref),
+            fmt_pct(m.get("top1_agreement")),
+            fmt_sci(m.get("max_abs_diff")),
+        ))
+    headers = ("Model", "Format", "Size", "Params", "Accuracy", "Macro-F1", "Top-1 agreement", "Max abs diff")
+    return Table("Size and accuracy", headers, ("l", "l") + ("r",) * 6, tuple(rows))
+
+
+# --- settings ---------------------------------------------------------------------------------
+
+
+def settings(bench: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(label, text) lines describing machine, runtime, timing, data and run."""
+    prov = bench.get("provenance") or {}
+    cfg = bench.get("config") or {}
+    versions = prov.get("versions") or {}
+    runtimes = ", ".join(f"{k} {v}" for k, v in versions.items() if k in ("onnxruntime", "ai-edge-litert") and v)
+    temp = prov.get("cpu_temp_c")
+    temp_end = prov.get("cpu_temp_c_end")
+    temp_text = NA if temp is None else f"{temp} °C" + (f" → {temp_end} °C" if temp_end is not None else "")
+    if cfg.get("runs") and cfg.get("seconds"):
+        amount = f"up to {cfg['runs']} rounds or {cfg['seconds']} s"
+    elif cfg.get("seconds"):
+        amount = f"{cfg['seconds']} s of rounds"
+    else:
+        amount = f"{cfg.get('runs', NA)} rounds"
+    data = cfg.get("data")
+    samples = cfg.get("eval_samples")
+    if data:
+        data_text = f"{data}, {samples} samples, " + ("labelled" if cfg.get("labels") else "no labels (accuracy n/a)")
+    else:
+        data_text = f"seeded random inputs (seed {cfg.get('seed', NA)}, {samples} samples; accuracy n/a)"
+    inputs = "; ".join(f"{i['name']}: {i.get('dtype', '')}[{', '.join(map(str, i.get('shape', [])))}]"
+                       for i in cfg.get("inputs", []))
+    memory = ("peak RSS (VmHWM) of a fresh process per model and batch after load + run; "
+              "+RSS = increment over that process after importing the runtime"
+              if cfg.get("memory", True) else "not measured (--no-memory)")
+    return [
+        ("Reference", str(bench.get("reference", NA))),
+        ("Machine", f"{prov.get('cpu', NA)} ({prov.get('cpu_count', NA)} CPUs), {prov.get('os', NA)}, "
+                    f"Python {prov.get('python', NA)}"),
+        ("CPU", f"governor {prov.get('cpu_governor') or NA}, temperature {temp_text}"),
+        ("Runtime", f"{runtimes or NA}; {cfg.get('threads', prov.get('threads', NA))} intra-op thread(s), "
+                    f"{cfg.get('inter_op_threads', 1)} inter-op, {cfg.get('execution_mode', 'sequential')}"),
+        ("Timing", f"{amount} per batch size after {cfg.get('warmup', NA)} warm-up rounds, models interleaved; "
+                   f"start-up from a {'fresh process' if cfg.get('cold_start') == 'subprocess' else 'new session'}"),
+        ("Inputs", f"{inputs or NA}"),
+        ("Data", data_text),
+        ("Memory", memory),
+        ("Run", f"{prov.get('timestamp', NA)}, git {(prov.get('git_commit') or NA)[:12]}, "
+                f"`{prov.get('command', NA)}`"),
+    ]
+
+
+NOTES = ("Ratios are figure ÷ reference at the same batch size: below 1 is better for latency, start-up, "
+         "memory, size and parameters; above 1 is better for samples/s. Accuracy and macro-F1 show the change "
+         "in percentage points. Top-1 agreement and max abs diff compare each model's first output with the "
+         "reference's on the same inputs. n/a: not measured or not applicable (e.g. no labels).")
+
+
+def _md_table(table: Table) -> list[str]:
+    widths = [max(len(h), *(len(r[i]) for r in table.rows)) if table.rows else len(h)
+              for i, h in enumerate(table.headers)]
+
+    def line(cells: Sequence[str]) -> str:
+        padded = [c.rjust(w) if a == "r" else c.ljust(w) for c, w, a in zip(cells, widths, table.align)]
+        return "| " + " | ".join(p.replace("|", "\\|") for p in padded) + " |"
+
+    rule = "| " + " | ".join(("-" * (w - 1) + ":") if a == "r" else "-" * w
+                             for w, a in zip(widths, table.align)) + " |"
+    return [line(table.headers), rule, *(line(r) for r in table.rows)]
+
+
+def render_markdown(bench: Mapping[str, Any]) -> str:
+    """The whole report as Markdown (readable as plain text too: columns are padded)."""
+    names = [m.get("name") for m in bench.get("models", [])]
+    lines = [f"# edgecompress bench: {', '.join(map(str, names))}", ""]
+    lines += [f"- **{label}:** {text}" for label, text in settings(bench)]
+    for table in (speed_table(bench), model_table(bench)):
+        lines += ["", f"## {table.title}", "", *_md_table(table)]
+    lines += ["", NOTES, ""]
+    return "\n".join(lines)
