@@ -8,7 +8,6 @@ of the pipeline sees one kind of model.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import importlib.util
 import pickle
@@ -20,6 +19,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from edgecompress import onnxinfo
 from edgecompress.errors import InputError, UnsafeLoadError
 
 PICKLE_FLAG = "--allow-pickle"
@@ -34,15 +34,6 @@ class LoadedModel:
     format: str  # "export" | "state_dict" | "pickle" | "module"
     sha256: str
     example_shape: tuple[int, ...] | None  # input shape recorded in the file, if any
-
-
-def file_sha256(path: Path) -> str:
-    """Hex SHA-256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def load_factory(spec: str) -> Callable[[], nn.Module]:
@@ -164,7 +155,7 @@ def load_model(path: str | Path, *, factory: str | None = None, allow_pickle: bo
         raise InputError(f"model file not found: {path}")
     if not path.is_file():
         raise InputError(f"model path is not a file: {path}")
-    digest = file_sha256(path)
+    digest = onnxinfo.sha256(path)
     example_shape = None
     if path.suffix == ".pt2":
         module, example_shape = _load_export(path)

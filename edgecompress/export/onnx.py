@@ -15,9 +15,9 @@ from typing import Iterator
 import numpy as np
 import onnx
 import torch
-from onnx import numpy_helper
 from torch import nn
 
+from edgecompress import onnxinfo
 from edgecompress.errors import ExportError, RefoldError
 from edgecompress.lowrank.factorize import CompressionPlan
 
@@ -143,16 +143,7 @@ def check_factors_kept(model: onnx.ModelProto, plan: CompressionPlan, *, where: 
 
 
 def onnx_facts(path: Path) -> dict[str, object]:
-    """File size, float parameter count and op counts of an ONNX file."""
-    model = onnx.load(str(path), load_external_data=False)
-    params = sum(int(np.prod(init.dims)) for init in model.graph.initializer
-                 if init.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
-                                       onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.BFLOAT16))
-    ops = Counter(node.op_type for node in model.graph.node)
-    return {"bytes": path.stat().st_size, "params": params, "ops": dict(sorted(ops.items()))}
-
-
-def initializer_arrays(path: Path) -> dict[str, np.ndarray]:
-    """All initializers of an ONNX file as numpy arrays (for tests and inspection)."""
-    model = onnx.load(str(path))
-    return {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+    """File size, parameter count and op counts of an ONNX file (see :mod:`edgecompress.onnxinfo`)."""
+    model = onnxinfo.load_model(path)
+    return {"bytes": onnxinfo.file_bytes(model, path), "params": onnxinfo.count_params(model),
+            "ops": onnxinfo.ops_by_type(model)}

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from edgecompress.errors import VerificationError
-from edgecompress.metrics import max_abs_error, max_rel_error, top1_agreement
+from edgecompress.bench.metrics import is_classifier_output, max_abs_diff, top1_agreement
 
 Runner = Callable[[np.ndarray], np.ndarray]
 
@@ -91,9 +91,11 @@ def verify(artifact: str, runner: Runner, reference: np.ndarray, inputs: np.ndar
     outputs = runner(inputs)
     if outputs.shape != reference.shape:
         raise VerificationError(f"{artifact}: output shape {outputs.shape} differs from torch's {reference.shape}")
-    abs_err, rel_err = max_abs_error(outputs, reference), max_rel_error(outputs, reference)
-    agreement = top1_agreement(outputs, reference)
-    bound = tolerance.atol + tolerance.rtol * float(np.max(np.abs(reference)) if reference.size else 0.0)
+    scale = float(np.max(np.abs(reference))) if reference.size else 0.0
+    abs_err = max_abs_diff(outputs, reference)
+    rel_err = abs_err / scale if scale > 0 else 0.0
+    agreement = top1_agreement(outputs, reference) if is_classifier_output(reference) else None
+    bound = tolerance.atol + tolerance.rtol * scale
     passed = bool(np.isfinite(outputs).all() and abs_err <= bound
                   and (agreement is None or agreement >= tolerance.min_agreement))
     result = Verification(artifact, passed, abs_err, rel_err, agreement, len(inputs), description, asdict(tolerance))
