@@ -1,44 +1,54 @@
-"""Shared fixtures: small real models saved in every supported format."""
+"""Shared fixtures: small real models saved in every supported format.
+
+torch is imported inside the fixtures, so the runtime-only tests (bench, report, check) also run
+where only onnxruntime is installed (a Raspberry Pi)."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
-import torch
-from torch import nn
-
-from edgecompress.models import mlp, save_exported
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared"
 MNIST_DIR = SHARED / "datasets" / "mnist"
 
 
-def make_small_mlp() -> nn.Sequential:
-    """A 64-96-96-10 MLP with seeded random weights (used as a factory in tests)."""
+def make_small_mlp() -> Any:
+    """A 64-96-96-10 MLP with seeded random weights (also used as a --factory in tests)."""
+    import torch
+
+    from edgecompress.models import mlp
+
     torch.manual_seed(0)
     return mlp((64, 96, 96, 10)).eval()
 
 
 @pytest.fixture(scope="session")
-def small_mlp() -> nn.Sequential:
+def small_mlp() -> Any:
     return make_small_mlp()
 
 
 @pytest.fixture(scope="session")
-def small_mlp_pt2(tmp_path_factory: pytest.TempPathFactory, small_mlp: nn.Sequential) -> Path:
+def small_mlp_pt2(tmp_path_factory: pytest.TempPathFactory, small_mlp: Any) -> Path:
+    from edgecompress.models import save_exported
+
     return save_exported(small_mlp, (1, 64), tmp_path_factory.mktemp("models") / "small.pt2")
 
 
 @pytest.fixture(scope="session")
-def small_mlp_state_dict(tmp_path_factory: pytest.TempPathFactory, small_mlp: nn.Sequential) -> Path:
+def small_mlp_state_dict(tmp_path_factory: pytest.TempPathFactory, small_mlp: Any) -> Path:
+    import torch
+
     path = tmp_path_factory.mktemp("models") / "small_sd.pt"
     torch.save(small_mlp.state_dict(), path)
     return path
 
 
 @pytest.fixture(scope="session")
-def small_mlp_pickle(tmp_path_factory: pytest.TempPathFactory, small_mlp: nn.Sequential) -> Path:
+def small_mlp_pickle(tmp_path_factory: pytest.TempPathFactory, small_mlp: Any) -> Path:
+    import torch
+
     path = tmp_path_factory.mktemp("models") / "small_full.pt"
     torch.save(small_mlp, path)
     return path
