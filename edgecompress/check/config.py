@@ -39,7 +39,8 @@ BUDGET_KEYS: dict[str, str] = {
     "max_peak_rss": 'largest peak resident memory while benchmarking, e.g. "64 MiB"',
     "batch": "batch size whose bench results latency/memory budgets read (default 1)",
     "fail_on_latency": "latency budgets fail instead of warning (default: the top-level setting)",
-    "exclude": "glob(s) of artifacts this budget skips, e.g. \"*.dense.onnx\"",
+    "exclude": "glob(s) of artifacts this budget skips; without a / they match the file name, "
+               "e.g. \"*.dense.onnx\"",
 }
 LIMIT_KEYS: frozenset[str] = frozenset(BUDGET_KEYS) - {"noise_floor", "params_noise_floor", "batch",
                                                        "fail_on_latency", "exclude"}
@@ -75,12 +76,18 @@ class Budget:
     max_peak_rss: int | None = None
     batch: int = 1
     fail_on_latency: bool | None = None
-    binary_units: bool = False  # show sizes in KiB/MiB when the budget was written that way
+    binary_keys: frozenset[str] = frozenset()  # size keys written in KiB/MiB/GiB: shown that way
+    key_lines: tuple[tuple[str, int], ...] = ()  # config key (max_ops.MatMul ...) -> its line
+
+    def line_of(self, key: str) -> int | None:
+        """The line declaring ``key`` (e.g. "max_size", "max_ops.Gemm"), else the table's line."""
+        return dict(self.key_lines).get(key, self.line)
 
     def matches(self, path: Path) -> bool:
         """Whether an artifact path matches this budget's glob (and none of its excludes)."""
         return glob_match(self.pattern, path, self.base_dir) and not any(
-            glob_match(p, path, self.base_dir) for p in self.exclude)
+            glob_match(p, path, self.base_dir) if "/" in p else glob_regex(p).match(path.name)
+            for p in self.exclude)
 
 
 @dataclass(frozen=True)
@@ -230,8 +237,9 @@ def _display(path: Path) -> str:
 
 def _unknown(key: str, known: list[str], where: str) -> str:
     hint = difflib.get_close_matches(key, known, n=1)
-    suggestion = f"did you mean {hint[0]!r}? " if hint else ""
-    return f"unknown key {key!r} in {where} ({suggestion}known: {', '.join(known)})"
+    if hint:
+        return f"unknown key {key!r} in {where}; did you mean {hint[0]!r}?"
+    return f"unknown key {key!r} in {where} (known: {', '.join(known)})"
 
 
 # ------------------------------------------------------------------------------------ loading
@@ -372,17 +380,37 @@ def _parse_budget(pattern: str, table: Any, src: _Source, base_dir: Path) -> Bud
             latency.append((stat, value))
     kwargs["max_latency_ms"] = tuple(latency)
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
-    binary = any(isinstance(table.get(k), str) and "i" in table[k].lower()
-                 for k in ("max_size", "noise_floor", "max_peak_rss"))
-    return Budget(pattern=pattern, base_dir=base_dir, line=src.line(where), binary_units=binary, **kwargs)
+    binary = frozenset(k for k in ("max_size", "noise_floor", "max_peak_rss")
+                       if isinstance(table.get(k), str) and "i" in table[k].lower())
+    lines = [(key, src.line(where + (key,))) for key in table]
+    lines += [(f"max_ops.{op}", src.line(where + ("max_ops", op))) for op, _ in kwargs.get("max_ops", ())]
+    return Budget(pattern=pattern, base_dir=base_dir, line=src.line(where), binary_keys=binary,
+                  key_lines=tuple((k, n) for k, n in lines if n is not None), **kwargs)
 
 
 def _op_count(op: str, count: Any, src: _Source, where: tuple[str, ...]) -> int:
-    """Validate one ``max_ops`` entry."""
+    """Validate one ``max_ops`` entry. Op types are case-sensitive: "Matmul" would count 0 nodes
+    and always pass, so names outside the ONNX standard (without a ``domain.`` prefix) are refused."""
+    if "." not in op:
+        known = _onnx_op_types()
+        if known and op not in known:
+            hint = difflib.get_close_matches(op, sorted(known), n=1)
+            suggestion = f"; did you mean {hint[0]!r}?" if hint else ""
+            raise src.error(where + ("max_ops", op), f"max_ops: {op!r} is not an ONNX op type{suggestion} "
+                                                     "(custom ops are written domain.Op)")
     try:
         return parse_count(count, what=f"max_ops.{op}")
     except ConfigError as exc:
         raise src.error(where + ("max_ops", op), str(exc)) from None
+
+
+def _onnx_op_types() -> frozenset[str]:
+    """Names of the standard ONNX op types (empty when onnx is unavailable)."""
+    try:
+        import onnx.defs
+    except ImportError:  # pragma: no cover - onnx is a core dependency
+        return frozenset()
+    return frozenset(schema.name for schema in onnx.defs.get_all_schemas_with_history())
 
 
 def _accuracy(value: Any) -> float:

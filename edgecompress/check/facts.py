@@ -1,5 +1,6 @@
 """Facts about artifacts (size, parameters, ops, accuracy, latency) from build.json, bench.json
-and bare .onnx / .tflite files. Torch-free; ``onnx`` is imported only for bare .onnx files.
+and bare .onnx / .tflite files. Torch-free; ``onnx`` is imported only for bare .onnx files
+(through ``edgecompress.onnxinfo``, so the counts match build.json's).
 
 Facts from several sources about the same file are merged: build.json first, then bench.json,
 then what is read from the file itself, each filling only what is still unknown.
@@ -14,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from edgecompress.check._onnx import read_onnx
 from edgecompress.errors import InputError
 
 ARTIFACT_FORMATS: dict[str, str] = {".onnx": "onnx", ".tflite": "tflite"}
@@ -72,10 +72,11 @@ class FactSet:
     missing: list[str] = field(default_factory=list)  # PATHS that matched no file
 
     def add(self, facts: ArtifactFacts, *, by_name: bool = False) -> ArtifactFacts:
-        """Add or merge facts. ``by_name``: a path that does not exist here may name an artifact
-        already known under another folder (bench.json paths are relative to where it ran)."""
+        """Add or merge facts. ``by_name``: an unknown path merges into the one known artifact
+        with the same file name (bench.json paths are as typed wherever bench ran, e.g. a
+        downloaded baseline's bench.json still says build/model.onnx)."""
         known = self.artifacts.get(facts.path)
-        if known is None and by_name and not facts.path.exists():
+        if known is None and by_name:
             same = [a for a in self.artifacts.values() if a.name == facts.name]
             known = same[0] if len(same) == 1 else None
             if known is not None and facts.reference is not None:
@@ -261,7 +262,8 @@ def _from_bench(path: Path, data: dict[str, Any], cwd: Path) -> list[ArtifactFac
         name = str(entry.get("name") or target.name)
         fmt = str(entry.get("format") or ARTIFACT_FORMATS.get(target.suffix.lower(), "onnx"))
         by_name[name] = ArtifactFacts(path=target, format=fmt, bytes=_int(entry.get("bytes")),
-                                      params=_int(entry.get("params")), sources=[display(path)])
+                                      params=_int(entry.get("params")), ops=_ops(entry.get("ops")),
+                                      sources=[display(path)])
     reference = by_name.get(str(data.get("reference")))
     for facts in by_name.values():
         if reference is not None and facts is not reference:
@@ -293,8 +295,11 @@ def read_artifact(path: Path) -> ArtifactFacts:
     if fmt is None:
         raise InputError(f"{display(path)}: not a .onnx or .tflite file")
     if fmt == "onnx":
-        params, ops, size = read_onnx(path)
-        return ArtifactFacts(path=path, format=fmt, bytes=size, params=params, ops=ops,
+        from edgecompress import onnxinfo  # imports onnx, only needed for bare .onnx paths
+
+        model = onnxinfo.load_model(path)
+        return ArtifactFacts(path=path, format=fmt, bytes=onnxinfo.file_bytes(model, path),
+                             params=onnxinfo.count_params(model), ops=onnxinfo.ops_by_type(model),
                              sources=[display(path)])
     try:
         size = path.stat().st_size

@@ -19,6 +19,8 @@ SIZE_UNITS: dict[str, int] = {
     "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
 }
 COUNT_UNITS: dict[str, int] = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9}
+_UNIT_NAMES = {"b": "B", "kb": "kB", "mb": "MB", "gb": "GB", "tb": "TB", "kib": "KiB", "mib": "MiB",
+               "gib": "GiB", "tib": "TiB", "k": "k", "m": "M", "g": "G"}
 
 _MAX = Decimal(2**63)  # anything above this is a typo, and int() of 1e999999999 would hang
 _NUMBER = re.compile(
@@ -44,7 +46,7 @@ def _scaled(value: object, units: dict[str, int], what: str, example: str) -> in
             raise ConfigError(f"{what} {value!r} is not a number with a unit (e.g. {example})")
         unit = match["unit"].lower()
         if unit not in units:
-            known = ", ".join(u for u in units if u)
+            known = ", ".join(_UNIT_NAMES.get(u, u) for u in units if u)
             raise ConfigError(f"{what} {value!r} has an unknown unit {match['unit']!r} (known: {known})")
         try:
             amount = Decimal(match["num"])
