@@ -7,7 +7,8 @@ from pathlib import Path
 
 import click
 
-from edgecompress.cli.console import console, stage_spinner, stdout
+from edgecompress.cli.build_view import emit_build
+from edgecompress.cli.console import console, stage_spinner
 from edgecompress.errors import InputError
 
 POLICY_NAMES = ["energy", "entropy", "uniform", "data", "ddlr-convex", "svd-training"]
@@ -68,27 +69,35 @@ def parse_size(text: str | None) -> int | None:
 @click.option("--target-params", type=float, default=None, help="Budget mode: fraction of the Linear parameters to keep.")
 @click.option("--target-size", "target_size_text", default=None, help="Budget mode: max compressed file size, e.g. '400 KB'.")
 @click.option("--round-to", type=int, default=1, help="Round ranks up to a multiple of K.")
+@click.option("--allocation", type=click.Choice(["auto", "threshold", "sensitivity"]), default="auto",
+              help="Budget mode: share ranks by one error threshold, or by measured output sensitivity (needs "
+                   "--calib or --eval-split); auto picks sensitivity when inputs are given.")
 @click.option("--finetune", "finetune_data", default=None, help="Fine-tune the compressed model on this training data.")
 @click.option("--train", "train_data", default=None, help="svd-training: training data.")
 @click.option("--epochs", type=int, default=3, help="Fine-tuning / SVD-training epochs.")
 @click.option("--distill-weight", type=float, default=0.5, help="Weight of distillation from the dense model.")
-@click.option("--quantize", type=click.Choice(["int8"]), default=None, help="Also write an int8 artifact.")
-@click.option("--batch", type=int, default=1, help="TFLite: fixed batch size at conversion.")
+@click.option("--quantize", type=click.Choice(["int8"]), default=None,
+              help="Also write <name>.int8.onnx (weight-only dynamic; static QDQ with --calib) / <name>.int8.tflite (dynamic range).")
+@click.option("--int8-agreement", type=float, default=0.98, help="int8: min top-1 agreement with the fp32 model on data inputs.")
+@click.option("--batch", type=int, default=1, help="TFLite: batch size fixed in the .tflite at conversion.")
 @click.option("--seed", type=int, default=0, help="Seed for random inputs and training.")
 @click.option("--json", "json_out", default=None, help="Write build.json's content to FILE ('-' for stdout).")
+@click.option("--bench", "run_bench", is_flag=True,
+              help="Benchmark the artifacts against the dense export right after the build (writes bench.json).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress, no tables.")
 def build(model: Path, target_text: str, out: Path, name: str | None, input_shape: str | None, factory: str | None,
           allow_pickle: bool, policy: str, threshold: float, rank: int, scale: float, max_error: float,
           exclude: str | None, opset: int, no_simplify: bool, eval_data: str | None, eval_samples: int | None,
           verify_samples: int, atol: float, rtol: float, calib_data: str | None, calib_samples: int,
           max_accuracy_drop: float | None, eval_split: str | None, target_params: float | None,
-          target_size_text: str | None, round_to: int, finetune_data: str | None, train_data: str | None,
-          epochs: int, distill_weight: float, quantize: str | None, batch: int, seed: int,
-          json_out: str | None, quiet: bool) -> None:
+          target_size_text: str | None, round_to: int, allocation: str, finetune_data: str | None, train_data: str | None,
+          epochs: int, distill_weight: float, quantize: str | None, int8_agreement: float, batch: int, seed: int,
+          json_out: str | None, run_bench: bool, quiet: bool) -> None:
     """Compress MODEL's Linear layers and export dense + compressed ONNX, verified.
 
     MODEL is a torch.export program (.pt2), a state_dict (.pt, with --factory), or a pickled
-    module (.pt, with --allow-pickle). Writes <name>.onnx, <name>.dense.onnx and build.json.
+    module (.pt, with --allow-pickle). Writes <name>.onnx, <name>.dense.onnx and build.json
+    (--target tflite: <name>.tflite, <name>.dense.tflite; --quantize int8: <name>.int8.onnx/.tflite).
 
     \b
     Examples:
@@ -96,6 +105,8 @@ def build(model: Path, target_text: str, out: Path, name: str | None, input_shap
       edgecompress build model.pt2 --policy uniform --rank 32 --eval ../shared/datasets/mnist
       edgecompress build weights.pt --factory mymodels:make_mlp --input-shape 1x784
       edgecompress build model.pt2 --policy data --calib train.npz --max-error 0.05
+      edgecompress build model.pt2 --policy data --calib mnist:train --max-accuracy-drop 0.5 --eval-split mnist:val
+      edgecompress build model.pt2 --target onnx,tflite --quantize int8 --calib ../shared/datasets/mnist:val
     """
     from edgecompress.export.verify import Tolerance
     from edgecompress.load import parse_shape
@@ -110,18 +121,26 @@ def build(model: Path, target_text: str, out: Path, name: str | None, input_shap
         verify_samples=verify_samples, tolerance=Tolerance(atol=atol, rtol=rtol), seed=seed,
         calib_data=calib_data, calib_samples=calib_samples, max_accuracy_drop=max_accuracy_drop,
         eval_split=eval_split, target_params=target_params, target_size=parse_size(target_size_text),
-        round_to=round_to, finetune_data=finetune_data, train_data=train_data, epochs=epochs,
-        distill_weight=distill_weight, quantize=quantize, batch=batch,
+        round_to=round_to, allocation=allocation, finetune_data=finetune_data, train_data=train_data, epochs=epochs,
+        distill_weight=distill_weight, quantize=quantize, int8_min_agreement=int8_agreement, batch=batch,
     )
     with stage_spinner(quiet) as progress:
         result = run_build(config, progress=progress)
-    record = result.record
-    if json_out == "-":
-        stdout.print_json(json.dumps(record))
-    elif json_out:
-        Path(json_out).write_text(json.dumps(record, indent=2) + "\n")
-    if not quiet and json_out != "-":
-        from edgecompress.cli.build_view import print_build
+    emit_build(result.record, out, json_out, quiet)
+    if run_bench:
+        bench_build(result.record, out, eval_data, quiet)
 
-        print_build(record)
-        console.print(f"wrote {', '.join(a['path'] for a in record['artifacts'].values())} and build.json to {out}/")
+
+def bench_build(record: dict, out: Path, eval_data: str | None, quiet: bool) -> None:
+    """``build --bench``: benchmark every artifact against the dense export (batch 1, one thread)."""
+    from edgecompress.bench import run_benchmark, write_json
+    from edgecompress.report import render_markdown
+
+    artifacts = record["artifacts"]
+    roles = ["dense"] + [role for role in artifacts if role != "dense"]
+    paths = [str(out / artifacts[role]["path"]) for role in roles]
+    result = run_benchmark(paths, data=eval_data, batches=(1,), threads=1, progress=not quiet)
+    write_json(result, out / "bench.json")
+    if not quiet:
+        click.echo(render_markdown(result))
+        console.print(f"wrote {out}/bench.json")

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 from rich.table import Table
 
-from edgecompress.cli.console import human_bytes, stdout
+from edgecompress.cli.console import console, human_bytes, stdout
 
 
 def _pct(value: float | None) -> str:
@@ -58,14 +60,43 @@ def verification_lines(record: dict[str, Any]) -> list[str]:
     return lines
 
 
+def artifact_notes(record: dict[str, Any]) -> list[str]:
+    """How int8 artifacts were quantized, and the batch fixed in .tflite files."""
+    notes = []
+    for artifact in record["artifacts"].values():
+        scheme = artifact.get("quantization")
+        if scheme:
+            notes.append(f"{artifact['path']}: {scheme['mode']} int8 — weights {scheme['weights']}, "
+                         f"activations {scheme['activations']}")
+    batches = sorted({a["batch"] for a in record["artifacts"].values() if a.get("format") == "tflite" and a.get("batch")})
+    if batches:
+        notes.append(f"the .tflite files have a fixed batch of {', '.join(map(str, batches))} (set at conversion "
+                     "with --batch; feed exactly that many rows, or resize the input tensor at run time)")
+    return notes
+
+
 def print_build(record: dict[str, Any]) -> None:
     """Print the layer table, verification lines and artifact table to stdout."""
     stdout.print(layer_table(record))
     for line in verification_lines(record):
         stdout.print(line)
     stdout.print(artifact_table(record))
+    for note in artifact_notes(record):
+        stdout.print(f"note: {note}")
     if not any(layer["factorized"] for layer in record["layers"]):
         stdout.print("[yellow]nothing was compressed[/]: "
                      + ("the model has no Linear layer" if not record["layers"]
                         else "no layer's chosen rank pays off (r·(in+out) ≥ in·out)")
                      + "; the dense export was built and verified")
+
+
+def emit_build(record: dict[str, Any], out: Path, json_out: str | None, quiet: bool) -> None:
+    """After a build: write ``--json`` (file or '-' = stdout) and print the tables unless quiet."""
+    if json_out == "-":
+        stdout.print_json(json.dumps(record))
+    elif json_out:
+        Path(json_out).write_text(json.dumps(record, indent=2) + "\n")
+    if quiet or json_out == "-":
+        return
+    print_build(record)
+    console.print(f"wrote {', '.join(a['path'] for a in record['artifacts'].values())} and build.json to {out}/")

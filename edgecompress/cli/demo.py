@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 
-from edgecompress.cli.console import console, stage_spinner, stdout
+from edgecompress.cli.build_view import emit_build
+from edgecompress.cli.console import console, stage_spinner
 
 
 @click.command(context_settings={"show_default": True})
@@ -48,15 +48,9 @@ def demo(out: Path, policy: str, threshold: float, rank: int, epochs: int, json_
                              eval_data="digits:test")
         result = build(config, progress=progress)
     record = result.record
-    if json_out == "-":
-        stdout.print_json(json.dumps(record))
-    elif json_out:
-        Path(json_out).write_text(json.dumps(record, indent=2) + "\n")
+    emit_build(record, out, json_out, quiet)
     if quiet or json_out == "-":
         return
-    from edgecompress.cli.build_view import print_build
-
-    print_build(record)
     dense, compressed = record["artifacts"]["dense"], record["artifacts"]["compressed"]
     drop = 100 * (dense["eval"]["accuracy"] - compressed["eval"]["accuracy"])
     console.print(f"[bold]digits test accuracy[/]: dense {dense['eval']['accuracy']:.2%} → compressed "
