@@ -155,3 +155,15 @@ def test_unsupported_op_at_export_exits_2(tmp_path: Path, capsys) -> None:
 def test_help_has_examples(capsys) -> None:
     code, stdout, _ = run_cli(["build", "--help"], capsys)
     assert code == 0 and "Examples:" in stdout and "--policy" in stdout
+
+
+def test_build_bench_writes_bench_json_with_dense_reference(small_mlp_pt2: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "out"
+    code, _, _ = run_cli(["build", str(small_mlp_pt2), "--policy", "uniform", "--rank", "8", "--out", str(out),
+                          "--eval", "digits", "--bench", "--quiet"], capsys)
+    assert code == 0
+    bench = json.loads((out / "bench.json").read_text())
+    assert [m["name"] for m in bench["models"]] == ["small.dense.onnx", "small.onnx"]
+    assert bench["reference"] == "small.dense.onnx"
+    compressed = [r for r in bench["results"] if r["model"] == "small.onnx"][0]
+    assert compressed["ratios"]["params"] < 1 and compressed["accuracy"] is not None
