@@ -22,6 +22,8 @@ from edgecompress import provenance
 from edgecompress.data import Dataset, load_dataset
 from edgecompress.errors import InputError
 from edgecompress.export import onnx as onnx_export
+from edgecompress.export import quantize as int8_export
+from edgecompress.export import tflite as tflite_export
 from edgecompress.export.verify import Tolerance, ort_runner, random_inputs, torch_outputs, verify
 from edgecompress.load import LoadedModel, check_input_shape, infer_input_shape, load_model
 from edgecompress.lowrank.factorize import CompressionPlan, compress
@@ -69,6 +71,7 @@ class BuildConfig:
     # extra targets (export/tflite.py, export/quantize.py)
     quantize: str | None = None
     batch: int = 1
+    int8_min_agreement: float = int8_export.INT8_MIN_AGREEMENT
 
     @property
     def stem(self) -> str:
@@ -131,18 +134,24 @@ def resolve_input_shape(loaded: LoadedModel, given: tuple[int, ...] | None) -> t
     return shape
 
 
-def _eval_dataset(config: BuildConfig, input_shape: tuple[int, ...]) -> Dataset | None:
-    if config.eval_data is None:
-        return None
-    data = load_dataset(config.eval_data, default_split="test").take(config.eval_samples)
+def _model_dataset(spec: str, default_split: str, samples: int | None, input_shape: tuple[int, ...],
+                   what: str) -> Dataset:
+    """Load data and reshape its samples to the model's input (flat or not); InputError on a mismatch."""
+    data = load_dataset(spec, default_split=default_split).take(samples)
     expected = input_shape[1:]
     if data.x.shape[1:] != expected:
         if int(np.prod(data.x.shape[1:])) == int(np.prod(expected)):
             data = Dataset(data.x.reshape(len(data), *expected), data.y, data.name)
         else:
-            raise InputError(f"eval data {data.name} has samples of shape {data.x.shape[1:]}, "
+            raise InputError(f"{what} data {data.name} has samples of shape {data.x.shape[1:]}, "
                              f"the model expects {expected}")
     return data
+
+
+def _eval_dataset(config: BuildConfig, input_shape: tuple[int, ...]) -> Dataset | None:
+    if config.eval_data is None:
+        return None
+    return _model_dataset(config.eval_data, "test", config.eval_samples, input_shape, "eval")
 
 
 def evaluate_runner(runner: Callable[[np.ndarray], np.ndarray], data: Dataset) -> dict[str, Any]:
@@ -152,6 +161,18 @@ def evaluate_runner(runner: Callable[[np.ndarray], np.ndarray], data: Dataset) -
         return {"dataset": data.name, "samples": len(data), "accuracy": None, "macro_f1": None}
     return {"dataset": data.name, "samples": len(data), "accuracy": accuracy(outputs, data.y),
             "macro_f1": macro_f1(outputs, data.y)}
+
+
+def _runner(path: Path) -> Callable[[np.ndarray], np.ndarray]:
+    """onnxruntime for .onnx, LiteRT for .tflite."""
+    return tflite_export.litert_runner(path) if path.suffix == ".tflite" else ort_runner(path)
+
+
+def _verifications(path: Path, model: nn.Module, checks: list[tuple[np.ndarray, str, Tolerance]]) -> list[dict[str, Any]]:
+    """Verify one artifact against its torch model on each (inputs, description, tolerance)."""
+    runner = _runner(path)
+    return [verify(path.name, runner, torch_outputs(model, inputs), inputs, description, tolerance).to_json()
+            for inputs, description, tolerance in checks]
 
 
 def _export_verified(model: nn.Module, role: str, path: Path, config: BuildConfig, input_shape: tuple[int, ...],
@@ -169,32 +190,96 @@ def _export_verified(model: nn.Module, role: str, path: Path, config: BuildConfi
             if plan is not None:
                 onnx_export.check_factors_kept(onnx.load(str(path)), plan, where=f"{path.name} (onnxsim)")
     with timings.stage(f"verify_{role}", progress):
-        runner = ort_runner(path)
-        verifications = [verify(path.name, runner, torch_outputs(model, inputs), inputs, description,
-                                config.tolerance).to_json() for inputs, description in checks]
+        verifications = _verifications(path, model, [(x, description, config.tolerance) for x, description in checks])
     return {"path": path.name, "format": "onnx", "simplified": simplified, **onnx_export.onnx_facts(path),
             "verification": verifications}
+
+
+def _calibration_inputs(config: BuildConfig, input_shape: tuple[int, ...]) -> np.ndarray | None:
+    """--calib samples for static int8 (None: dynamic int8)."""
+    if config.calib_data is None:
+        return None
+    return _model_dataset(config.calib_data, "train", config.calib_samples, input_shape, "calibration").x
+
+
+def _int8_onnx(compressed: nn.Module, plan: CompressionPlan, config: BuildConfig, input_shape: tuple[int, ...],
+               staging: Path, checks: list[tuple[np.ndarray, str]], timings: _Timings,
+               progress: Progress | None) -> dict[str, Any]:
+    """--quantize int8 of the compressed ONNX (static QDQ with --calib), guarded and verified against fp32 torch."""
+    path = staging / f"{config.stem}.int8.onnx"
+    calibration = _calibration_inputs(config, input_shape)
+    with timings.stage("quantize_int8", progress):
+        scheme = int8_export.quantize_onnx(staging / f"{config.stem}.onnx", path, calibration=calibration)
+        onnx_export.check_factors_kept(onnx.load(str(path)), plan, where=f"{path.name} (int8)")
+    with timings.stage("verify_int8", progress):
+        verifications = _verifications(path, compressed, int8_export.int8_checks(
+            checks, calibration, config.int8_min_agreement, config.verify_samples))
+    return {"path": path.name, "format": "onnx", "quantization": scheme.to_json(), **onnx_export.onnx_facts(path),
+            "verification": verifications}
+
+
+def _tflite_artifacts(dense: nn.Module, compressed: nn.Module, plan: CompressionPlan, config: BuildConfig,
+                      input_shape: tuple[int, ...], staging: Path, checks: list[tuple[np.ndarray, str]],
+                      timings: _Timings, progress: Progress | None) -> dict[str, Any]:
+    """--target tflite: dense and compressed .tflite (and int8 with --quantize), batch fixed at --batch."""
+    jobs = [("dense_tflite", dense, f"{config.stem}.dense.tflite", None),
+            ("tflite", compressed, f"{config.stem}.tflite", plan)]
+    if config.quantize == "int8":
+        jobs.append(("int8_tflite", compressed, f"{config.stem}.int8.tflite", plan))
+    artifacts: dict[str, Any] = {}
+    for role, model, filename, model_plan in jobs:
+        path, extra = staging / filename, {}
+        with timings.stage(f"convert_{role}", progress):
+            if role == "int8_tflite":
+                extra["quantization"] = int8_export.convert_tflite_int8(model, input_shape, path,
+                                                                        batch=config.batch).to_json()
+            else:
+                tflite_export.convert_tflite(model, input_shape, path, batch=config.batch)
+            if model_plan is not None:
+                tflite_export.check_tflite_factors(path, model_plan, where=f"{filename} (litert-torch)")
+        with timings.stage(f"verify_{role}", progress):
+            role_checks = (int8_export.int8_checks(checks, None, config.int8_min_agreement, config.verify_samples)
+                           if role == "int8_tflite" else [(x, description, config.tolerance) for x, description in checks])
+            verifications = _verifications(path, model, role_checks)
+        artifacts[role] = {"path": filename, "format": "tflite", "fixed_batch": True, **extra,
+                           **tflite_export.tflite_facts(path), "verification": verifications}
+    return artifacts
 
 
 def _check_supported(config: BuildConfig) -> None:
     """Refuse options whose stage is not implemented yet (each stage removes its line when it lands)."""
     pending = {
-        "--calib": config.calib_data is not None,
+        "--calib": config.calib_data is not None and config.quantize is None,
         "--max-accuracy-drop/--target-params/--target-size": any(
             v is not None for v in (config.max_accuracy_drop, config.target_params, config.target_size)),
         "--finetune": config.finetune_data is not None,
         "--train": config.train_data is not None,
-        "--quantize": config.quantize is not None,
-        "--target tflite": "tflite" in config.targets,
     }
     for option, used in pending.items():
         if used:
             raise InputError(f"{option} is not available in this version of edgecompress yet")
 
 
+ARTIFACT_SUFFIXES = (".onnx", ".dense.onnx", ".int8.onnx", ".tflite", ".dense.tflite", ".int8.tflite")
+
+
+def _check_targets(config: BuildConfig) -> None:
+    """Fail fast (before any work) on a missing extra, a bad --batch, or an artifact that would overwrite the input."""
+    if "tflite" in config.targets:
+        tflite_export.require_converter()
+        if config.batch < 1:
+            raise InputError(f"--batch must be at least 1, got {config.batch}")
+    if not 0.0 <= config.int8_min_agreement <= 1.0:
+        raise InputError(f"--int8-agreement must be between 0 and 1, got {config.int8_min_agreement}")
+    model = config.model.resolve()
+    if any((config.out / f"{config.stem}{suffix}").resolve() == model for suffix in ARTIFACT_SUFFIXES):
+        raise InputError(f"refusing to overwrite the input model {config.model}; choose another --out or --name")
+
+
 def build(config: BuildConfig, progress: Progress | None = None) -> BuildResult:
     """Run the whole build; artifacts and build.json land in ``config.out`` only if every step passed."""
     _check_supported(config)
+    _check_targets(config)
     timings = _Timings()
     with timings.stage("load", progress):
         loaded = load_model(config.model, factory=config.factory, allow_pickle=config.allow_pickle)
@@ -210,17 +295,19 @@ def build(config: BuildConfig, progress: Progress | None = None) -> BuildResult:
     stem = config.stem
     artifacts: dict[str, Any] = {}
     with staged_output(config.out) as staging:
-        for role, model, filename, model_plan in (("dense", loaded.module, f"{stem}.dense.onnx", None),
-                                                  ("compressed", compressed, f"{stem}.onnx", plan)):
-            target = (config.out / filename).resolve()
-            if target == config.model.resolve():
-                raise InputError(f"refusing to overwrite the input model {config.model}; choose another --out or --name")
+        onnx_roles = (("dense", loaded.module, f"{stem}.dense.onnx", None), ("compressed", compressed, f"{stem}.onnx", plan))
+        for role, model, filename, model_plan in onnx_roles if "onnx" in config.targets else ():
             artifacts[role] = _export_verified(model, role, staging / filename, config, input_shape,
                                                model_plan, checks, timings, progress)
+        if config.quantize == "int8" and "onnx" in config.targets:
+            artifacts["int8"] = _int8_onnx(compressed, plan, config, input_shape, staging, checks, timings, progress)
+        if "tflite" in config.targets:
+            artifacts.update(_tflite_artifacts(loaded.module, compressed, plan, config, input_shape, staging, checks,
+                                               timings, progress))
         if eval_data is not None:
             with timings.stage("eval", progress):
                 for role in artifacts:
-                    artifacts[role]["eval"] = evaluate_runner(ort_runner(staging / artifacts[role]["path"]), eval_data)
+                    artifacts[role]["eval"] = evaluate_runner(_runner(staging / artifacts[role]["path"]), eval_data)
         record = {
             "schema": "edgecompress.build/1",
             "name": stem,
@@ -229,7 +316,8 @@ def build(config: BuildConfig, progress: Progress | None = None) -> BuildResult:
                       "input_shape": list(input_shape)},
             **plan.to_json(),
             "options": {"targets": list(config.targets), "opset": config.opset, "exclude": config.exclude,
-                        "simplify": config.simplify, "seed": config.seed},
+                        "simplify": config.simplify, "seed": config.seed, "quantize": config.quantize,
+                        "tflite_batch": config.batch if "tflite" in config.targets else None},
             "artifacts": artifacts,
             "timings_s": dict(timings),
         }

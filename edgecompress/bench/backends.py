@@ -1,4 +1,4 @@
-"""Model backends: one small class per runtime (onnxruntime now, LiteRT later).
+"""Model backends: one small class per runtime (onnxruntime for .onnx, LiteRT for .tflite).
 
 A backend knows one model file. ``inspect()`` reads static facts without a runtime session
 (size, parameters, input/output specs); ``load()`` creates the session (the timed "init");
@@ -137,10 +137,76 @@ class OnnxBackend(Backend):
         self._session = None
 
 
-BACKENDS: dict[str, type[Backend]] = {OnnxBackend.format: OnnxBackend}
+class LiteRTBackend(Backend):
+    """ai-edge-litert's interpreter (XNNPACK on CPU) with ``threads`` threads. A .tflite has a
+    fixed input shape, batch included: ``inspect`` reports it and feeds must match it."""
+
+    format = "tflite"
+    suffixes = (".tflite",)
+
+    def __init__(self, path: str | Path, *, threads: int = 1) -> None:
+        super().__init__(path, threads=threads)
+        self._interpreter: Any = None
+        self._inputs: dict[str, int] = {}
+        self._outputs: list[int] = []
+
+    @classmethod
+    def import_runtime(cls) -> None:
+        from edgecompress.export.tflite import require_runtime
+
+        require_runtime("running .tflite files")
+        import ai_edge_litert.interpreter  # noqa: F401
+
+    def inspect(self) -> ModelInfo:
+        from edgecompress import onnxinfo
+        from edgecompress.export import tflite
+
+        graph = tflite.read_tflite(self.path)
+
+        def specs(tensors: list[tflite.TfliteTensor]) -> tuple[TensorSpec, ...]:
+            return tuple(TensorSpec(t.name, t.shape, t.numpy_dtype) for t in tensors)
+
+        return ModelInfo(path=self.path, format=self.format, bytes=self.path.stat().st_size,
+                         params=tflite.weight_params(graph.tensors), inputs=specs(graph.inputs),
+                         outputs=specs(graph.outputs), ops=graph.ops, sha256=onnxinfo.sha256(self.path))
+
+    def load(self) -> None:
+        self.import_runtime()
+        from ai_edge_litert.interpreter import Interpreter
+
+        from edgecompress.export import tflite
+
+        graph = tflite.read_tflite(self.path)
+        try:
+            with tflite.quiet_native():  # allocate_tensors logs the XNNPACK delegate's creation
+                self._interpreter = Interpreter(model_path=str(self.path), num_threads=self.threads)
+                self._interpreter.allocate_tensors()
+        except Exception as exc:  # the interpreter raises ValueError/RuntimeError on bad files
+            raise InputError(f"LiteRT cannot load {self.path}: {_first_line(exc)}") from exc
+        self._inputs = {t.name: t.index for t in graph.inputs}
+        self._outputs = [t.index for t in graph.outputs]
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        if self._interpreter is None:
+            raise RuntimeError("LiteRTBackend.run() before load()")
+        try:
+            for name, array in feeds.items():
+                self._interpreter.set_tensor(self._inputs[name], array)
+            self._interpreter.invoke()
+            return [self._interpreter.get_tensor(index) for index in self._outputs]
+        except KeyError as exc:
+            raise InputError(f"{self.path.name} has no input {exc}; its inputs are {', '.join(self._inputs)}") from exc
+        except Exception as exc:  # a shape that is not the file's fixed shape
+            raise InputError(f"LiteRT failed to run {self.path.name}: {_first_line(exc)}") from exc
+
+    def close(self) -> None:
+        self._interpreter = None
+
+
+BACKENDS: dict[str, type[Backend]] = {OnnxBackend.format: OnnxBackend, LiteRTBackend.format: LiteRTBackend}
 """format name -> backend class. The first whose ``suffixes`` match a file wins; ONNX otherwise."""
 
-_PLANNED = {".tflite": "LiteRT (.tflite) models are not supported by bench yet; bench the .onnx artifacts"}
+_PLANNED: dict[str, str] = {}  # suffix -> why bench cannot run it yet
 
 
 def backend_for(path: str | Path, *, threads: int = 1) -> Backend:
