@@ -68,3 +68,14 @@ def test_bench_without_litert_names_the_extra(pair: tuple[Path, Path], monkeypat
     monkeypatch.setitem(sys.modules, "ai_edge_litert", None)
     with pytest.raises(MissingExtraError, match=r"pip install 'edgecompress\[litert\]'"):
         run_benchmark([pair[0], pair[1]], runs=1, memory=False, progress=False)
+
+
+def test_build_bench_with_only_tflite_targets(small_mlp_pt2: Path, tmp_path: Path) -> None:
+    """``build --bench`` takes the dense .tflite as reference and times at the batch fixed in the files."""
+    from edgecompress.cli import main
+
+    main(["build", str(small_mlp_pt2), "--target", "tflite", "--batch", "2", "--policy", "uniform", "--rank", "8",
+          "--out", str(tmp_path), "--bench", "--quiet"])
+    report = json.loads((tmp_path / "bench.json").read_text())
+    assert report["reference"] == "small.dense.tflite"
+    assert [(r["model"], r["batch"]) for r in report["results"]] == [("small.dense.tflite", 2), ("small.tflite", 2)]

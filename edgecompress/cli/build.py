@@ -132,14 +132,17 @@ def build(model: Path, target_text: str, out: Path, name: str | None, input_shap
 
 
 def bench_build(record: dict, out: Path, eval_data: str | None, quiet: bool) -> None:
-    """``build --bench``: benchmark every artifact against the dense export (batch 1, one thread)."""
+    """``build --bench``: benchmark every artifact against the dense export (one thread; batch 1, or the
+    batch fixed in the .tflite files)."""
     from edgecompress.bench import run_benchmark, write_json
     from edgecompress.report import render_markdown
 
     artifacts = record["artifacts"]
-    roles = ["dense"] + [role for role in artifacts if role != "dense"]
+    reference = "dense" if "dense" in artifacts else "dense_tflite"  # --target tflite writes no ONNX
+    roles = [reference] + [role for role in artifacts if role != reference]
     paths = [str(out / artifacts[role]["path"]) for role in roles]
-    result = run_benchmark(paths, data=eval_data, batches=(1,), threads=1, progress=not quiet)
+    batch = record["options"].get("tflite_batch") or 1
+    result = run_benchmark(paths, data=eval_data, batches=(batch,), threads=1, progress=not quiet)
     write_json(result, out / "bench.json")
     if not quiet:
         click.echo(render_markdown(result))
