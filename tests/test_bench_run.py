@@ -146,7 +146,7 @@ def test_fixed_batch_model(files: dict[str, Path]) -> None:
     ("other_input_size", "inputs differ"),
     ("data_shape", "data samples have shape"),
     ("other_outputs", "outputs differ"),
-    ("tflite", "not supported by bench yet"),
+    ("tflite", "not a .tflite file"),
 ])
 def test_bad_input_is_one_clear_line(files: dict[str, Path], case: str, pattern: str) -> None:
     root, dense, data = files["root"], files["dense"], None

@@ -8,9 +8,8 @@ import io
 import logging
 import re
 import warnings
-from collections import Counter
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 import onnx
@@ -125,20 +124,25 @@ def initializer_shapes(model: onnx.ModelProto) -> list[tuple[int, ...]]:
 
 
 def check_factors_kept(model: onnx.ModelProto, plan: CompressionPlan, *, where: str) -> None:
-    """Raise :class:`RefoldError` if a factorized layer's dense in x out weight is in the graph,
-    or if its two factors are missing."""
-    shapes = Counter(initializer_shapes(model))
+    """The refold guard on an ONNX graph (see :func:`check_weight_shapes`)."""
+    check_weight_shapes(initializer_shapes(model), plan, where=where)
+
+
+def check_weight_shapes(shapes: Iterable[tuple[int, ...]], plan: CompressionPlan, *, where: str) -> None:
+    """Raise :class:`RefoldError` if a factorized layer's dense in x out weight is among the
+    constant ``shapes`` of an exported file, or if its two factors are missing."""
+    present = set(shapes)
     for layer in plan.layers:
         if layer.rank is None:
             continue
         dense = {(layer.in_features, layer.out_features), (layer.out_features, layer.in_features)}
-        if any(shape in shapes for shape in dense):
+        if present & dense:
             raise RefoldError(f"{where}: a dense {layer.out_features}x{layer.in_features} weight for layer "
                               f"{layer.name!r} is in the graph where a rank-{layer.rank} factor pair should be "
                               "(a constant-folding pass multiplied the factors back)")
         first = {(layer.rank, layer.in_features), (layer.in_features, layer.rank)}
         second = {(layer.out_features, layer.rank), (layer.rank, layer.out_features)}
-        if not any(s in shapes for s in first) or not any(s in shapes for s in second):
+        if not (present & first and present & second):
             raise RefoldError(f"{where}: the rank-{layer.rank} factors of layer {layer.name!r} are missing from the graph")
 
 

@@ -265,15 +265,9 @@ def constant_shapes(path: Path) -> list[tuple[int, ...]]:
 def check_tflite_factors(path: Path, plan: "CompressionPlan", *, where: str) -> None:
     """The refold guard on a .tflite: raise :class:`RefoldError` if a factorized layer's dense
     weight is a constant of the file or its two factors are missing."""
-    import onnx
+    from edgecompress.export.onnx import check_weight_shapes
 
-    from edgecompress.export.onnx import check_factors_kept
-
-    # check_factors_kept reads initializer shapes only: present the constants as shape-only initializers.
-    shapes_only = onnx.ModelProto()
-    for shape in constant_shapes(path):
-        shapes_only.graph.initializer.add().dims.extend(shape)
-    check_factors_kept(shapes_only, plan, where=where)
+    check_weight_shapes(constant_shapes(path), plan, where=where)
 
 
 def litert_runner(path: Path, threads: int | None = None) -> Runner:
