@@ -26,10 +26,13 @@ from edgecompress.export import quantize as int8_export
 from edgecompress.export import tflite as tflite_export
 from edgecompress.export.verify import Tolerance, ort_runner, random_inputs, torch_outputs, verify
 from edgecompress.load import LoadedModel, check_input_shape, infer_input_shape, load_model
+from edgecompress.lowrank.budget import Budget, budget_compress
+from edgecompress.lowrank.calibration import Calibration, calibrate, require_samples
+from edgecompress.lowrank.data_policies import data_errors
 from edgecompress.lowrank.factorize import CompressionPlan, compress
 from edgecompress.lowrank.policies import PolicyContext, RankPolicy, UniformPolicy
 from edgecompress.lowrank.spectrum import model_spectra
-from edgecompress.metrics import accuracy, macro_f1
+from edgecompress.bench.metrics import accuracy, macro_f1, top1
 
 Progress = Callable[[str], None]
 
@@ -62,6 +65,8 @@ class BuildConfig:
     target_params: float | None = None
     target_size: int | None = None
     round_to: int = 1
+    allocation: str = "auto"  # budget mode: auto | threshold | sensitivity (lowrank/budget.py)
+    confidence: float = 0.95  # budget mode: one-sided confidence of the accuracy-drop bound
     # fine-tuning and SVD training (lowrank/training.py)
     train_data: str | None = None
     finetune_data: str | None = None
@@ -154,13 +159,96 @@ def _eval_dataset(config: BuildConfig, input_shape: tuple[int, ...]) -> Dataset 
     return _model_dataset(config.eval_data, "test", config.eval_samples, input_shape, "eval")
 
 
+def _validation_split(config: BuildConfig, input_shape: tuple[int, ...]) -> Dataset | None:
+    """--eval-split: labelled validation data for budget search (refuses a test split)."""
+    if config.eval_split is None:
+        return None
+    if config.eval_split.endswith(":test") or config.eval_split == config.eval_data:
+        raise InputError(f"--eval-split {config.eval_split} is the test data: search on a validation split "
+                         "(e.g. mnist:val, digits:val) and keep the test split for --eval")
+    data = _model_dataset(config.eval_split, "val", None, input_shape, "--eval-split")
+    if data.y is None:
+        raise InputError(f"--eval-split data {data.name} has no labels (an .npz needs a 'y' array)")
+    return data
+
+
+def _onnx_size(model: nn.Module, input_shape: tuple[int, ...], config: BuildConfig) -> int:
+    """Bytes of ``model`` exported (and simplified) as the build would write it."""
+    with tempfile.TemporaryDirectory(prefix="edgecompress-size-") as folder:
+        path = Path(folder) / "candidate.onnx"
+        onnx_export.export_onnx(model, input_shape, path, opset=config.opset)
+        if config.simplify:
+            onnx_export.simplify_onnx(path)
+        return path.stat().st_size
+
+
+def layer_statistics(model: nn.Module, data: Dataset, names: list[str], *, keep_inputs: int = 0,
+                     progress: Progress | None = None) -> Calibration:
+    """Each named layer's streamed input statistics on ``data``; refuses too few samples."""
+    calibration = calibrate(model, data.x, names, dataset=data.name, keep_inputs=keep_inputs, progress=progress)
+    require_samples(calibration, names)
+    return calibration
+
+
+def calibration_data(spec: str, samples: int, input_shape: tuple[int, ...]) -> Dataset:
+    """--calib data (default split ``train``), the first ``samples`` of it, shaped for the model."""
+    return _model_dataset(spec, "train", samples, input_shape, "calibration")
+
+
+def _compress_stage(config: BuildConfig, model: nn.Module, input_shape: tuple[int, ...],
+                    progress: Progress | None) -> tuple[nn.Module, CompressionPlan, dict[str, Any]]:
+    """Spectra, calibration (data policies), then the policy's ranks or the budget search.
+
+    Returns the compressed model, its plan, and extra build.json sections (``calibration``,
+    ``search``, ``ddlr_convex``).
+    """
+    spectra = model_spectra(model, config.exclude)
+    context = PolicyContext(progress=progress is not None, on_progress=progress, round_to=config.round_to)
+    record: dict[str, Any] = {}
+    targets = (config.max_accuracy_drop, config.target_params, config.target_size)
+    budget_mode = any(target is not None for target in targets)
+    budget = Budget(*targets) if budget_mode else None
+    validation = _validation_split(config, input_shape)
+    if config.policy.needs_calibration and config.calib_data is None:
+        raise InputError(f"--policy {config.policy.name} needs calibration data: add --calib DATA "
+                         "(an .npz, an MNIST-style folder such as mnist:train, or digits:train)")
+    if config.calib_data is not None and not (config.policy.needs_calibration or budget_mode or config.quantize):
+        raise InputError(f"--calib is not used by --policy {config.policy.name}: it feeds --policy data/ddlr-convex, "
+                         "budget mode and --quantize int8; drop it or use one of those")
+    calib = None
+    if config.calib_data is not None:
+        calib = calibration_data(config.calib_data, config.calib_samples, input_shape)
+    if config.policy.needs_calibration:
+        keep = config.calib_samples if getattr(config.policy, "needs_inputs", False) else 0
+        calibration = layer_statistics(model, calib, list(spectra), keep_inputs=keep, progress=progress)
+        context.calibration = calibration.layers
+        record["calibration"] = calibration.to_json()
+    if budget is None:
+        compressed, plan = compress(model, config.policy, exclude=config.exclude, context=context, spectra=spectra)
+    else:
+        inputs = validation.x if validation is not None else calib.x if calib is not None else None
+        result = budget_compress(
+            model, config.policy, spectra, budget, context=context, allocation=config.allocation,
+            confidence=config.confidence, inputs=inputs,
+            evaluate=None if validation is None else (lambda m: torch_outputs(m, validation.x).argmax(-1) == validation.y),
+            size_of=lambda m: _onnx_size(m, input_shape, config))
+        compressed, plan = result.model, result.plan
+        record["search"] = result.record
+    if "calibration" in record:
+        record["calibration"]["relative_error"] = data_errors(context, plan.ranks)
+    if "ddlr_convex" in context.extras:
+        record["ddlr_convex"] = context.extras["ddlr_convex"]
+    return compressed, plan, record
+
+
 def evaluate_runner(runner: Callable[[np.ndarray], np.ndarray], data: Dataset) -> dict[str, Any]:
     """Accuracy and macro-F1 of a runner on labelled data (None without labels)."""
     outputs = runner(data.x)
     if data.y is None:
         return {"dataset": data.name, "samples": len(data), "accuracy": None, "macro_f1": None}
-    return {"dataset": data.name, "samples": len(data), "accuracy": accuracy(outputs, data.y),
-            "macro_f1": macro_f1(outputs, data.y)}
+    predictions = top1(outputs)
+    return {"dataset": data.name, "samples": len(data), "accuracy": accuracy(data.y, predictions),
+            "macro_f1": macro_f1(data.y, predictions)}
 
 
 def _runner(path: Path) -> Callable[[np.ndarray], np.ndarray]:
@@ -249,9 +337,6 @@ def _tflite_artifacts(dense: nn.Module, compressed: nn.Module, plan: Compression
 def _check_supported(config: BuildConfig) -> None:
     """Refuse options whose stage is not implemented yet (each stage removes its line when it lands)."""
     pending = {
-        "--calib": config.calib_data is not None and config.quantize is None,
-        "--max-accuracy-drop/--target-params/--target-size": any(
-            v is not None for v in (config.max_accuracy_drop, config.target_params, config.target_size)),
         "--finetune": config.finetune_data is not None,
         "--train": config.train_data is not None,
     }
@@ -286,9 +371,7 @@ def build(config: BuildConfig, progress: Progress | None = None) -> BuildResult:
         input_shape = resolve_input_shape(loaded, config.input_shape)
         eval_data = _eval_dataset(config, input_shape)
     with timings.stage("compress", progress):
-        spectra = model_spectra(loaded.module, config.exclude)
-        compressed, plan = compress(loaded.module, config.policy, exclude=config.exclude,
-                                    context=PolicyContext(progress=progress is not None), spectra=spectra)
+        compressed, plan, ranks_record = _compress_stage(config, loaded.module, input_shape, progress)
     checks = [(random_inputs(input_shape, config.verify_samples, config.seed), "random")]
     if eval_data is not None:
         checks.append((eval_data.x, "eval"))
@@ -315,6 +398,7 @@ def build(config: BuildConfig, progress: Progress | None = None) -> BuildResult:
             "input": {"path": str(config.model), "sha256": loaded.sha256, "format": loaded.format,
                       "input_shape": list(input_shape)},
             **plan.to_json(),
+            **ranks_record,
             "options": {"targets": list(config.targets), "opset": config.opset, "exclude": config.exclude,
                         "simplify": config.simplify, "seed": config.seed, "quantize": config.quantize,
                         "tflite_batch": config.batch if "tflite" in config.targets else None},

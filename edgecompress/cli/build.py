@@ -72,6 +72,9 @@ def parse_size(text: str | None) -> int | None:
 @click.option("--allocation", type=click.Choice(["auto", "threshold", "sensitivity"]), default="auto",
               help="Budget mode: share ranks by one error threshold, or by measured output sensitivity (needs "
                    "--calib or --eval-split); auto picks sensitivity when inputs are given.")
+@click.option("--confidence", type=float, default=0.95,
+              help="Budget mode: --max-accuracy-drop must hold for the upper bound of the measured drop at this "
+                   "one-sided confidence (0 = the measured drop itself).")
 @click.option("--finetune", "finetune_data", default=None, help="Fine-tune the compressed model on this training data.")
 @click.option("--train", "train_data", default=None, help="svd-training: training data.")
 @click.option("--epochs", type=int, default=3, help="Fine-tuning / SVD-training epochs.")
@@ -90,7 +93,7 @@ def build(model: Path, target_text: str, out: Path, name: str | None, input_shap
           exclude: str | None, opset: int, no_simplify: bool, eval_data: str | None, eval_samples: int | None,
           verify_samples: int, atol: float, rtol: float, calib_data: str | None, calib_samples: int,
           max_accuracy_drop: float | None, eval_split: str | None, target_params: float | None,
-          target_size_text: str | None, round_to: int, allocation: str, finetune_data: str | None, train_data: str | None,
+          target_size_text: str | None, round_to: int, allocation: str, confidence: float, finetune_data: str | None, train_data: str | None,
           epochs: int, distill_weight: float, quantize: str | None, int8_agreement: float, batch: int, seed: int,
           json_out: str | None, run_bench: bool, quiet: bool) -> None:
     """Compress MODEL's Linear layers and export dense + compressed ONNX, verified.
@@ -121,7 +124,7 @@ def build(model: Path, target_text: str, out: Path, name: str | None, input_shap
         verify_samples=verify_samples, tolerance=Tolerance(atol=atol, rtol=rtol), seed=seed,
         calib_data=calib_data, calib_samples=calib_samples, max_accuracy_drop=max_accuracy_drop,
         eval_split=eval_split, target_params=target_params, target_size=parse_size(target_size_text),
-        round_to=round_to, allocation=allocation, finetune_data=finetune_data, train_data=train_data, epochs=epochs,
+        round_to=round_to, allocation=allocation, confidence=confidence, finetune_data=finetune_data, train_data=train_data, epochs=epochs,
         distill_weight=distill_weight, quantize=quantize, int8_min_agreement=int8_agreement, batch=batch,
     )
     with stage_spinner(quiet) as progress:

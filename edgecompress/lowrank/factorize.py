@@ -5,11 +5,12 @@ from __future__ import annotations
 import copy
 import warnings
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 from torch import nn
 
+from edgecompress.errors import InputError
 from edgecompress.lowrank.policies import PolicyContext, RankPolicy
 from edgecompress.lowrank.spectrum import LayerSpectrum, linear_layers, model_spectra
 
@@ -26,8 +27,12 @@ class LowRankLinear(nn.Module):
     @classmethod
     def from_spectrum(cls, spectrum: LayerSpectrum, rank: int, bias: torch.Tensor | None) -> "LowRankLinear":
         """The best rank-``rank`` approximation (truncated SVD) of a layer, with its bias."""
-        layer = cls(spectrum.in_features, spectrum.out_features, rank, bias=bias is not None)
-        first, second = spectrum.factors(rank)
+        return cls.from_factors(*spectrum.factors(rank), bias)
+
+    @classmethod
+    def from_factors(cls, first: torch.Tensor, second: torch.Tensor, bias: torch.Tensor | None) -> "LowRankLinear":
+        """A layer computing ``second @ first @ x + bias`` from explicit factors (rank x in, out x rank)."""
+        layer = cls(first.shape[1], second.shape[0], first.shape[0], bias=bias is not None)
         with torch.no_grad():
             layer.first.weight.copy_(first)
             layer.second.weight.copy_(second)
@@ -105,34 +110,42 @@ def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
     setattr(parent, leaf, module)
 
 
-def layer_plan(spectrum: LayerSpectrum, rank: int | None) -> LayerPlan:
-    """Plan entry for one layer; a rank that does not pay is turned into "keep dense"."""
+def layer_plan(spectrum: LayerSpectrum, rank: int | None, source: Any = None) -> LayerPlan:
+    """Plan entry for one layer; a rank that does not pay is turned into "keep dense".
+
+    ``source`` (explicit factors) reports its own ``energy_kept`` when its factors are not the SVD's.
+    """
     reason = None
     if rank is not None and not spectrum.pays(rank):
         reason = f"rank {rank} does not pay: r*(in+out) >= in*out (break-even rank {spectrum.break_even_rank})"
         rank = None
     elif rank is None:
         reason = "kept dense by the policy"
-    energy = spectrum.energy_kept(rank) if rank is not None else 1.0
+    energy = (source or spectrum).energy_kept(rank) if rank is not None else 1.0
     after = spectrum.factored_params(rank) if rank is not None else spectrum.dense_params
     return LayerPlan(spectrum.name, spectrum.in_features, spectrum.out_features, rank,
                      round(energy, 6), spectrum.dense_params, after, reason)
 
 
 def apply_ranks(model: nn.Module, spectra: dict[str, LayerSpectrum], ranks: dict[str, int | None],
-                policy: dict[str, Any]) -> tuple[nn.Module, CompressionPlan]:
-    """A copy of ``model`` with each layer truncated to its rank (None or non-paying = dense)."""
+                policy: dict[str, Any], *, factors: Mapping[str, Any] | None = None) -> tuple[nn.Module, CompressionPlan]:
+    """A copy of ``model`` with each layer truncated to its rank (None or non-paying = dense).
+
+    ``factors`` maps layer names to sources with ``factors(rank) -> (first, second)`` that replace
+    the truncated SVD of those layers (data-aware or convex solutions).
+    """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch.fx pytree deprecation noise on deepcopy
         new_model = copy.deepcopy(model)
     layers = linear_layers(new_model)
     plans = []
     for name, spectrum in spectra.items():
-        plan = layer_plan(spectrum, ranks.get(name))
+        source = (factors or {}).get(name, spectrum)
+        plan = layer_plan(spectrum, ranks.get(name), source)
         plans.append(plan)
         if plan.rank is not None:
             bias = layers[name].bias.detach() if layers[name].bias is not None else None
-            _set_submodule(new_model, name, LowRankLinear.from_spectrum(spectrum, plan.rank, bias))
+            _set_submodule(new_model, name, LowRankLinear.from_factors(*source.factors(plan.rank), bias))
     if hasattr(new_model, "recompile"):
         new_model.recompile()  # fx GraphModules re-generate code after sub-module swaps
     return new_model, CompressionPlan(policy, tuple(plans))
@@ -154,8 +167,18 @@ def compress(model: nn.Module, policy: RankPolicy, *, exclude: str | None = None
         The compressed copy and its :class:`CompressionPlan`.
     """
     spectra = spectra if spectra is not None else model_spectra(model, exclude)
-    ranks = policy.plan(spectra, context or PolicyContext())
-    return apply_ranks(model, spectra, ranks, policy.to_json())
+    context = context or PolicyContext()
+    ranks = round_ranks(policy.plan(spectra, context), spectra, context.round_to)
+    return apply_ranks(model, spectra, ranks, policy.to_json(), factors=context.factors)
+
+
+def round_ranks(ranks: Mapping[str, int | None], spectra: Mapping[str, LayerSpectrum],
+                multiple: int) -> dict[str, int | None]:
+    """Round each rank up to a multiple of ``multiple`` (capped at the layer's full rank)."""
+    if multiple < 1:
+        raise InputError(f"--round-to must be >= 1, got {multiple}")
+    return {name: None if rank is None else min(-(-rank // multiple) * multiple, spectra[name].max_rank)
+            for name, rank in ranks.items()}
 
 
 def count_linear_params(model: nn.Module) -> int:

@@ -26,6 +26,13 @@ class PolicyContext:
     evaluate: Callable[[Mapping[str, int | None]], float] | None = None
     progress: bool = False
     extras: dict[str, Any] = field(default_factory=dict)
+    # status lines for long work (the build's spinner), None = silent
+    on_progress: Callable[[str], None] | None = None
+    # factor sources (anything with ``factors(rank) -> (first, second)``) by layer name, filled by
+    # policies whose factors are not the truncated SVD of W (data-aware, convex); read by compress()
+    factors: dict[str, Any] = field(default_factory=dict)
+    # round every chosen rank up to a multiple of this (SIMD-friendly shapes)
+    round_to: int = 1
 
 
 @dataclass(frozen=True)

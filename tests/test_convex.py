@@ -1,0 +1,97 @@
+"""The DDLR convex program (ADMM + singular-value thresholding) and the ddlr-convex policy."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from edgecompress.errors import InputError
+from edgecompress.lowrank.calibration import LayerInputs, calibrate
+from edgecompress.lowrank.convex import singular_value_threshold, solve_ddlr
+from edgecompress.lowrank.data_policies import data_spectrum
+from edgecompress.lowrank.factorize import LowRankLinear, compress
+from edgecompress.lowrank.policies import PolicyContext, make_policy
+from edgecompress.lowrank.spectrum import layer_spectrum, model_spectra
+from edgecompress.models import mlp
+
+
+@pytest.fixture(scope="module", autouse=True)
+def single_thread():
+    """Thousands of tiny SVDs: thread start-up costs more than the work."""
+    previous = torch.get_num_threads()
+    yield torch.set_num_threads(1)
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def small_layer() -> tuple[nn.Linear, torch.Tensor]:
+    """A 14x10 layer with a bias and 80 correlated inputs."""
+    generator = torch.Generator().manual_seed(0)
+    layer = nn.Linear(10, 14)
+    with torch.no_grad():
+        layer.weight.copy_(torch.randn(14, 10, generator=generator))
+        layer.bias.copy_(0.5 * torch.randn(14, generator=generator))
+    x = torch.randn(80, 10, generator=generator, dtype=torch.float64) * torch.linspace(2.0, 0.1, 10, dtype=torch.float64)
+    return layer, x
+
+
+def test_singular_value_threshold_is_the_nuclear_norm_prox() -> None:
+    matrix = torch.diag(torch.tensor([3.0, 1.0, 0.2], dtype=torch.float64))
+    u, s, vh = singular_value_threshold(matrix, 0.5)
+    assert s.tolist() == pytest.approx([2.5, 0.5])
+    torch.testing.assert_close((u * s) @ vh, torch.diag(torch.tensor([2.5, 0.5, 0.0], dtype=torch.float64)))
+
+
+def test_linear_program_meets_its_constraint_on_a_small_layer(small_layer) -> None:
+    layer, x = small_layer
+    w = layer.weight.detach().double()
+    result = solve_ddlr(w, x, max_error=0.2, tol=1e-6, max_iter=5000)
+    assert result.converged
+    fit = float(((result.weight - w) @ x.T).norm() / (w @ x.T).norm())  # measured here, not trusted
+    assert fit <= 0.2 * 1.01 and fit == pytest.approx(result.fit_error, rel=1e-6)
+    assert float(result.s.sum()) <= float(torch.linalg.svdvals(w).sum())  # W itself is feasible
+    # the nuclear norm is a relaxation: it never finds a lower rank than the exact closed-form minimiser
+    exact = data_spectrum(layer_spectrum("l", layer), LayerInputs("l", 10, x.T @ x, len(x))).rank_for_error(0.2)
+    assert exact <= result.rank < 10
+
+
+def test_relu_aware_program_meets_both_constraints(small_layer) -> None:
+    layer, x = small_layer
+    w, b = layer.weight.detach().double(), layer.bias.detach().double()
+    result = solve_ddlr(w, x, bias=b, relu=True, max_error=0.2, tol=1e-5, max_iter=5000)
+    pre, new = w @ x.T + b[:, None], result.weight @ x.T + b[:, None]
+    active = pre > 0
+    fit = float(((new - pre) * active).norm() / (w @ x.T).norm())
+    violation = float((new * ~active).clamp_min(0).max()) / float(pre.abs().max())
+    assert fit <= 0.2 * 1.01
+    assert violation <= 1e-3 and violation == pytest.approx(result.max_violation, abs=1e-9)
+    assert result.relu and result.rank < 10
+    # what the next layer sees moves by at most the fit on Omega plus the (tiny) violations off it
+    drift = float((torch.relu(new) - torch.relu(pre)).norm())
+    assert drift <= 0.2 * 1.01 * float((w @ x.T).norm()) + float((~active).sum()) ** 0.5 * violation * float(pre.abs().max())
+
+
+def test_ddlr_convex_policy_factorizes_with_its_own_solution() -> None:
+    torch.manual_seed(0)
+    model = mlp((12, 16, 4)).eval()
+    x = (np.random.default_rng(0).standard_normal((64, 12)) * 0.7 ** np.arange(12)).astype(np.float32)
+    spectra = model_spectra(model)
+    context = PolicyContext(calibration=calibrate(model, x, list(spectra), keep_inputs=64).layers)
+    compressed, plan = compress(model, make_policy("ddlr-convex", max_error=0.2), context=context, spectra=spectra)
+    first = plan.layers[0]
+    assert first.factorized and first.rank < 6
+    solution = context.extras["ddlr_convex"]["0"]
+    assert solution["rank"] == first.rank and solution["relu_aware"] is True
+    assert solution["fit_error"] <= 0.2 * 1.05
+    module = compressed.get_submodule("0")
+    assert isinstance(module, LowRankLinear)
+    original = model[0].weight.detach()
+    assert not torch.allclose(module.dense_weight(), original, atol=1e-3)  # really compressed
+    torch.testing.assert_close(module.dense_weight().double(), context.factors["0"].result.weight, rtol=1e-4, atol=1e-5)
+
+
+def test_ddlr_convex_without_kept_inputs_is_an_input_error(small_mlp: nn.Sequential) -> None:
+    x = np.zeros((100, 64), np.float32)
+    context = PolicyContext(calibration=calibrate(small_mlp, x, ["0"]).layers)
+    with pytest.raises(InputError, match="input rows"):
+        compress(small_mlp, make_policy("ddlr-convex"), exclude="2|4", context=context)
