@@ -108,3 +108,14 @@ def test_real_bench_and_report_without_torch(env: dict[str, str], tmp_path: Path
     proc = _run(["-m", "edgecompress", "report", "bench.json", "--md", "r.md"], env, tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "TORCH-IMPORT-ATTEMPT" not in proc.stderr and "m.dense.onnx" in (tmp_path / "r.md").read_text()
+
+
+def test_top_level_help_lists_every_command_without_torch(env: dict[str, str], tmp_path: Path) -> None:
+    """`edgecompress --help` imports every command module: none may import torch at module level."""
+    proc = _run(["-m", "edgecompress", "--help"], env, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "TORCH-IMPORT-ATTEMPT" not in proc.stderr
+    for command in ("build", "demo", "analyze", "bench", "report", "check"):
+        assert f"  {command}" in proc.stdout, f"{command} missing from --help"
+    proc = _run(["-m", "edgecompress", "check", "--help"], env, tmp_path)
+    assert proc.returncode == 0 and "TORCH-IMPORT-ATTEMPT" not in proc.stderr
