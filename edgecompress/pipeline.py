@@ -164,7 +164,8 @@ def _validation_split(config: BuildConfig, input_shape: tuple[int, ...]) -> Data
     if config.eval_split is None:
         return None
     if config.eval_split.endswith(":test") or config.eval_split == config.eval_data:
-        raise InputError(f"--eval-split {config.eval_split} is the test data: search on a validation split "
+        what = "a test split" if config.eval_split.endswith(":test") else "also the --eval data"
+        raise InputError(f"--eval-split {config.eval_split} is {what}: search on a validation split "
                          "(e.g. mnist:val, digits:val) and keep the test split for --eval")
     data = _model_dataset(config.eval_split, "val", None, input_shape, "--eval-split")
     if data.y is None:

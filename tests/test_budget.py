@@ -198,6 +198,11 @@ def test_build_budget_errors(digits_pt2: Path, tmp_path: Path, capsys) -> None:
     code, err = run(["build", str(digits_pt2), "--max-accuracy-drop", "1", "--eval-split", "digits:test",
                      "--out", str(out)], capsys)
     assert code == 2 and "validation split" in err and "Traceback" not in err
+    code, err = run(["build", str(digits_pt2), "--max-accuracy-drop", "1", "--eval-split", "digits:val",
+                     "--eval", "digits:val", "--out", str(out)], capsys)
+    assert code == 2 and "also the --eval data" in err
+    code, err = run(["build", str(digits_pt2), "--target-params", "0.1", "--round-to", "0", "--out", str(out)], capsys)
+    assert code == 2 and "--round-to must be >= 1" in err and "Traceback" not in err
     code, err = run(["build", str(digits_pt2), "--target-params", "0.0001", "--out", str(out)], capsys)
     assert code == 1 and err.startswith("error: --target-params 0.0001 is out of reach") and len(err.splitlines()) == 1
     code, err = run(["build", str(digits_pt2), "--policy", "data", "--calib", "digits:train", "--calib-samples", "100",

@@ -1,10 +1,14 @@
 """The DDLR convex program (ADMM + singular-value thresholding) and the ddlr-convex policy."""
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
+from edgecompress.cli import main
 from edgecompress.errors import InputError
 from edgecompress.lowrank.calibration import LayerInputs, calibrate
 from edgecompress.lowrank.convex import singular_value_threshold, solve_ddlr
@@ -12,7 +16,7 @@ from edgecompress.lowrank.data_policies import data_spectrum
 from edgecompress.lowrank.factorize import LowRankLinear, compress
 from edgecompress.lowrank.policies import PolicyContext, make_policy
 from edgecompress.lowrank.spectrum import layer_spectrum, model_spectra
-from edgecompress.models import mlp
+from edgecompress.models import mlp, save_exported
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -95,3 +99,23 @@ def test_ddlr_convex_without_kept_inputs_is_an_input_error(small_mlp: nn.Sequent
     context = PolicyContext(calibration=calibrate(small_mlp, x, ["0"]).layers)
     with pytest.raises(InputError, match="input rows"):
         compress(small_mlp, make_policy("ddlr-convex"), exclude="2|4", context=context)
+
+
+def test_build_with_ddlr_convex_records_each_solution(tmp_path: Path, capsys) -> None:
+    torch.manual_seed(0)
+    model = save_exported(mlp((12, 16, 4)).eval(), (1, 12), tmp_path / "tiny.pt2")
+    x = (np.random.default_rng(0).standard_normal((64, 12)) * 0.7 ** np.arange(12)).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", x=x)
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as info:
+        main(["build", str(model), "--policy", "ddlr-convex", "--calib", str(tmp_path / "calib.npz"),
+              "--max-error", "0.2", "--out", str(out), "-q"])
+        raise SystemExit(0)
+    assert info.value.code in (0, None), capsys.readouterr().err
+    record = json.loads((out / "build.json").read_text())
+    first = record["layers"][0]["name"]
+    assert record["calibration"]["layers"][first] == {"vectors": 64, "in_features": 12, "relu_after": True,
+                                                      "kept_inputs": 64}
+    solution = record["ddlr_convex"][first]
+    assert solution["relu_aware"] and solution["rank"] == record["layers"][0]["rank"] < 6
+    assert record["policy"] == {"name": "ddlr-convex", "max_error": 0.2, "max_iter": 1000, "tol": 1e-4}

@@ -346,6 +346,50 @@ def budget_compress(model: nn.Module, policy: RankPolicy, spectra: Mapping[str, 
         BudgetExceeded: no candidate meets the target (the message says what is achievable).
         InputError: the options do not fit together.
     """
+    _check_options(policy, budget, allocation, confidence, evaluate, inputs, size_of)
+    factors: dict[str, Any] = dict(data_spectra(spectra, context)) if policy.needs_calibration else {}
+    knob, curves, plans = _candidates(model, policy, spectra, context, allocation, factors, inputs)
+
+    def build(plan: Plan) -> nn.Module:
+        return apply_ranks(model, dict(spectra), dict(plan), {}, factors=factors)[0]
+
+    dense_params = sum(s.dense_params for s in spectra.values())
+    baseline: dict[str, Any] = {"linear_params": dense_params}
+    if budget.kind == "accuracy":
+        base = np.asarray(evaluate(model), dtype=bool)
+        baseline.update(accuracy=float(base.mean()), samples=int(base.size), confidence=confidence)
+        search = _Search(plans, curves, lambda p: accuracy_drop(base, np.asarray(evaluate(build(p)), dtype=bool),
+                                                                confidence),
+                         lambda drop: drop <= budget.max_accuracy_drop + 1e-9, progress=context.on_progress)
+    elif budget.kind == "params":
+        search = _Search(plans, curves, lambda p: plan_params(p, curves) / dense_params,
+                         lambda fraction: fraction <= budget.target_params, progress=context.on_progress)
+    else:
+        search = _Search(plans, curves, lambda p: float(size_of(build(p))),
+                         lambda size: size <= budget.target_size, progress=context.on_progress)
+    index = search.last_meeting() if budget.kind == "accuracy" else search.first_meeting()
+    if index is None:
+        raise BudgetExceeded(_unreachable(budget, search.path[-1], context.round_to))
+    ranks = plans[index]
+    compressed, plan = apply_ranks(model, dict(spectra), dict(ranks),
+                                   {"name": policy.name, "budget": budget.to_json(), "knob": knob}, factors=factors)
+    visited = {r for step in search.path for r in step["ranks"].values()}
+    record = {
+        "budget": budget.to_json(), "knob": knob, "allocation": allocation, "round_to": context.round_to,
+        "factorization": "data-aware" if factors else "truncated SVD", "baseline": baseline,
+        "candidates": len(plans),
+        "table": {name: curve.to_json(visited | {r for r in curve.ranks if r is not None and _power_of_two(r)})
+                  for name, curve in curves.items()},
+        "path": search.path, "ranks": dict(ranks),
+        "result": next(step for step in search.path if step["candidate"] == index),
+    }
+    return BudgetResult(compressed, plan, record)
+
+
+def _check_options(policy: RankPolicy, budget: Budget, allocation: str, confidence: float,
+                   evaluate: Callable[[nn.Module], np.ndarray] | None, inputs: np.ndarray | None,
+                   size_of: Callable[[nn.Module], int] | None) -> None:
+    """Refuse option combinations before any work is done."""
     if policy.name == "ddlr-convex":
         raise InputError("budget mode searches closed-form rank curves; use --policy data "
                          "(ddlr-convex solves one --max-error at a time)")
@@ -353,7 +397,18 @@ def budget_compress(model: nn.Module, policy: RankPolicy, spectra: Mapping[str, 
         raise InputError(f"--allocation must be one of {', '.join(ALLOCATIONS)}, got {allocation!r}")
     if allocation == "sensitivity" and inputs is None:
         raise InputError("--allocation sensitivity needs inputs: give --calib or --eval-split")
-    factors: dict[str, Any] = dict(data_spectra(spectra, context)) if policy.needs_calibration else {}
+    if budget.kind == "accuracy" and evaluate is None:
+        raise InputError("--max-accuracy-drop needs --eval-split DATA (a labelled validation set)")
+    if budget.kind == "accuracy" and not 0 <= confidence < 1:
+        raise InputError(f"--confidence must be in [0, 1), got {confidence}")
+    if budget.kind == "size" and size_of is None:
+        raise InputError("--target-size needs a way to measure the exported size")
+
+
+def _candidates(model: nn.Module, policy: RankPolicy, spectra: Mapping[str, LayerSpectrum], context: PolicyContext,
+                allocation: str, factors: Mapping[str, Any],
+                inputs: np.ndarray | None) -> tuple[str, Mapping[str, LayerCurve], list[Plan]]:
+    """(knob description, sensitivity table, candidate plans largest first) for the policy and allocation."""
     curves = {name: layer_curve(s, factors.get(name, s), context.round_to) for name, s in spectra.items()}
     if policy.name == "uniform":
         knob, plans = "uniform rank", uniform_plans(curves)
@@ -365,49 +420,7 @@ def budget_compress(model: nn.Module, policy: RankPolicy, spectra: Mapping[str, 
     if not plans:
         raise BudgetExceeded(f"no layer can be factorized with ranks rounded to multiples of {context.round_to} "
                              "(every candidate rank is past the break-even rank); lower --round-to")
-
-    def build(plan: Plan) -> nn.Module:
-        return apply_ranks(model, dict(spectra), dict(plan), {}, factors=factors)[0]
-
-    dense_params = sum(s.dense_params for s in spectra.values())
-    baseline: dict[str, Any] = {"linear_params": dense_params}
-    if budget.kind == "accuracy":
-        if evaluate is None:
-            raise InputError("--max-accuracy-drop needs --eval-split DATA (a labelled validation set)")
-        if not 0 <= confidence < 1:
-            raise InputError(f"--confidence must be in [0, 1), got {confidence}")
-        base = np.asarray(evaluate(model), dtype=bool)
-        baseline.update(accuracy=float(base.mean()), samples=int(base.size), confidence=confidence)
-        search = _Search(plans, curves, lambda p: accuracy_drop(base, np.asarray(evaluate(build(p)), dtype=bool),
-                                                                confidence),
-                         lambda drop: drop <= budget.max_accuracy_drop + 1e-9, progress=context.on_progress)
-        index = search.last_meeting()
-    elif budget.kind == "params":
-        search = _Search(plans, curves, lambda p: plan_params(p, curves) / dense_params,
-                         lambda fraction: fraction <= budget.target_params, progress=context.on_progress)
-        index = search.first_meeting()
-    else:
-        if size_of is None:
-            raise InputError("--target-size needs a way to measure the exported size")
-        search = _Search(plans, curves, lambda p: float(size_of(build(p))),
-                         lambda size: size <= budget.target_size, progress=context.on_progress)
-        index = search.first_meeting()
-    if index is None:
-        raise BudgetExceeded(_unreachable(budget, search.path[-1], context.round_to))
-    ranks = plans[index]
-    compressed, plan = apply_ranks(model, dict(spectra), dict(ranks),
-                                   {"name": policy.name, "budget": budget.to_json(), "knob": knob}, factors=factors)
-    chosen = next(step for step in search.path if step["candidate"] == index)
-    visited = {r for step in search.path for r in step["ranks"].values()}
-    record = {
-        "budget": budget.to_json(), "knob": knob, "allocation": allocation, "round_to": context.round_to,
-        "factorization": "data-aware" if factors else "truncated SVD", "baseline": baseline,
-        "candidates": len(plans),
-        "table": {name: curve.to_json(visited | {r for r in curve.ranks if r is not None and _power_of_two(r)})
-                  for name, curve in curves.items()},
-        "path": search.path, "ranks": dict(ranks), "result": chosen,
-    }
-    return BudgetResult(compressed, plan, record)
+    return knob, curves, plans
 
 
 def _power_of_two(n: int) -> bool:

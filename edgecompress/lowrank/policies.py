@@ -34,6 +34,10 @@ class PolicyContext:
     # round every chosen rank up to a multiple of this (SIMD-friendly shapes)
     round_to: int = 1
 
+    def __post_init__(self) -> None:
+        if self.round_to < 1:
+            raise InputError(f"--round-to must be >= 1, got {self.round_to}")
+
 
 @dataclass(frozen=True)
 class RankPolicy(ABC):
