@@ -75,23 +75,29 @@ def test_relu_aware_program_meets_both_constraints(small_layer) -> None:
     assert drift <= 0.2 * 1.01 * float((w @ x.T).norm()) + float((~active).sum()) ** 0.5 * violation * float(pre.abs().max())
 
 
-def test_ddlr_convex_policy_factorizes_with_its_own_solution() -> None:
+@pytest.mark.parametrize("refit", [False, True])
+def test_ddlr_convex_policy_reads_the_rank_off_its_solution(refit: bool) -> None:
     torch.manual_seed(0)
     model = mlp((12, 16, 4)).eval()
     x = (np.random.default_rng(0).standard_normal((64, 12)) * 0.7 ** np.arange(12)).astype(np.float32)
     spectra = model_spectra(model)
     context = PolicyContext(calibration=calibrate(model, x, list(spectra), keep_inputs=64).layers)
-    compressed, plan = compress(model, make_policy("ddlr-convex", max_error=0.2), context=context, spectra=spectra)
+    policy = make_policy("ddlr-convex", max_error=0.2, refit=refit)
+    compressed, plan = compress(model, policy, context=context, spectra=spectra)
     first = plan.layers[0]
     assert first.factorized and first.rank < 6
     solution = context.extras["ddlr_convex"]["0"]
-    assert solution["rank"] == first.rank and solution["relu_aware"] is True
+    assert solution["rank"] == first.rank and solution["relu_aware"] is True and solution["refit"] is refit
     assert solution["fit_error"] <= 0.2 * 1.05
     module = compressed.get_submodule("0")
     assert isinstance(module, LowRankLinear)
-    original = model[0].weight.detach()
-    assert not torch.allclose(module.dense_weight(), original, atol=1e-3)  # really compressed
-    torch.testing.assert_close(module.dense_weight().double(), context.factors["0"].result.weight, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(module.dense_weight(), model[0].weight.detach(), atol=1e-3)  # really compressed
+    if refit:  # the closed-form data-aware factors at the convex rank
+        first_factor, second_factor = context.extras["data_spectra"]["0"].factors(first.rank)
+        torch.testing.assert_close(module.dense_weight(), second_factor @ first_factor)
+    else:  # the convex solution itself
+        torch.testing.assert_close(module.dense_weight().double(), context.factors["0"].result.weight,
+                                   rtol=1e-4, atol=1e-5)
 
 
 def test_ddlr_convex_without_kept_inputs_is_an_input_error(small_mlp: nn.Sequential) -> None:
@@ -109,7 +115,7 @@ def test_build_with_ddlr_convex_records_each_solution(tmp_path: Path, capsys) ->
     out = tmp_path / "out"
     with pytest.raises(SystemExit) as info:
         main(["build", str(model), "--policy", "ddlr-convex", "--calib", str(tmp_path / "calib.npz"),
-              "--max-error", "0.2", "--out", str(out), "-q"])
+              "--max-error", "0.2", "--no-refit", "--out", str(out), "-q"])
         raise SystemExit(0)
     assert info.value.code in (0, None), capsys.readouterr().err
     record = json.loads((out / "build.json").read_text())
@@ -118,4 +124,5 @@ def test_build_with_ddlr_convex_records_each_solution(tmp_path: Path, capsys) ->
                                                       "kept_inputs": 64}
     solution = record["ddlr_convex"][first]
     assert solution["relu_aware"] and solution["rank"] == record["layers"][0]["rank"] < 6
-    assert record["policy"] == {"name": "ddlr-convex", "max_error": 0.2, "max_iter": 1000, "tol": 1e-4}
+    assert record["policy"] == {"name": "ddlr-convex", "max_error": 0.2, "max_iter": 1000, "tol": 1e-4,
+                                "refit": False}

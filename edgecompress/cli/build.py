@@ -54,6 +54,8 @@ def parse_size(text: str | None) -> int | None:
 @click.option("--rank", type=int, default=32, help="uniform: the rank of every layer.")
 @click.option("--entropy-scale", "scale", type=float, default=1.0, help="entropy: rank = ceil(scale * exp(H)).")
 @click.option("--max-error", type=float, default=0.1, help="data / ddlr-convex: max relative output error per layer.")
+@click.option("--no-refit", is_flag=True, help="ddlr-convex: keep the convex solution's own (shrunk) weights instead of "
+                                               "the closed-form data-aware factors at its rank.")
 @click.option("--exclude", default=None, help="Regex on layer names to keep dense, e.g. 'head|classifier'.")
 @click.option("--opset", type=int, default=18, help="ONNX opset (18 or higher).")
 @click.option("--no-simplify", is_flag=True, help="Skip onnxsim.")
@@ -89,7 +91,7 @@ def parse_size(text: str | None) -> int | None:
               help="Benchmark the artifacts against the dense export right after the build (writes bench.json).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress, no tables.")
 def build(model: Path, target_text: str, out: Path, name: str | None, input_shape: str | None, factory: str | None,
-          allow_pickle: bool, policy: str, threshold: float, rank: int, scale: float, max_error: float,
+          allow_pickle: bool, policy: str, threshold: float, rank: int, scale: float, max_error: float, no_refit: bool,
           exclude: str | None, opset: int, no_simplify: bool, eval_data: str | None, eval_samples: int | None,
           verify_samples: int, atol: float, rtol: float, calib_data: str | None, calib_samples: int,
           max_accuracy_drop: float | None, eval_split: str | None, target_params: float | None,
@@ -119,7 +121,7 @@ def build(model: Path, target_text: str, out: Path, name: str | None, input_shap
     config = BuildConfig(
         model=model, out=out, name=name, targets=parse_targets(target_text),
         input_shape=parse_shape(input_shape) if input_shape else None, factory=factory, allow_pickle=allow_pickle,
-        policy=make_policy(policy, rank=rank, threshold=threshold, scale=scale, max_error=max_error),
+        policy=make_policy(policy, rank=rank, threshold=threshold, scale=scale, max_error=max_error, refit=not no_refit),
         exclude=exclude, opset=opset, simplify=not no_simplify, eval_data=eval_data, eval_samples=eval_samples,
         verify_samples=verify_samples, tolerance=Tolerance(atol=atol, rtol=rtol), seed=seed,
         calib_data=calib_data, calib_samples=calib_samples, max_accuracy_drop=max_accuracy_drop,
