@@ -26,7 +26,7 @@ def layer_inputs_at_once(model: nn.Sequential, x: np.ndarray) -> dict[str, torch
     return inputs
 
 
-@settings(max_examples=10, deadline=None)
+@settings(max_examples=10, deadline=None, derandomize=True)
 @given(batch_size=st.integers(1, 70), n=st.integers(1, 90))
 def test_streamed_gram_equals_gram_of_all_inputs(small_mlp: nn.Sequential, batch_size: int, n: int) -> None:
     x = np.random.default_rng(n).standard_normal((n, 64)).astype(np.float32)

@@ -32,7 +32,7 @@ def relative_output_error(weight: torch.Tensor, approx: torch.Tensor, x: torch.T
     return float(((weight - approx) @ x.T).norm() / (weight @ x.T).norm())
 
 
-@settings(max_examples=15, deadline=None)
+@settings(max_examples=15, deadline=None, derandomize=True)
 @given(seed=st.integers(0, 10_000), out=st.integers(2, 24), inp=st.integers(2, 24),
        extra=st.integers(0, 40), decay=st.floats(0.3, 1.0))
 def test_closed_form_error_equals_the_reported_bound(seed: int, out: int, inp: int, extra: int, decay: float) -> None:
