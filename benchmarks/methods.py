@@ -51,6 +51,7 @@ class Settings:
     entropy_scale: float = 1.0
     calib_samples: int = 2048  # training images the data-driven methods see
     convex_errors: tuple[float, ...] = (0.1,)
+    convex_refits: tuple[bool, ...] = (True, False)  # the product's refit factors; the paper's own solution
     convex_inputs: int = 2048  # input rows per layer the convex solver works on
     convex_iter: int = 300
     svd_prune_energies: tuple[float, ...] = (0.05, 0.2)  # SVD training's default e, and a smaller model
@@ -298,14 +299,28 @@ def entropy(ctx: Context) -> Iterator[Candidate]:
 
 @method("ddlr-convex", missing=DATA)
 def ddlr_convex(ctx: Context) -> Iterator[Candidate]:
-    """DDLR's nuclear-norm program (ReLU-aware ADMM) on calibration inputs, at each max_error."""
+    """DDLR's nuclear-norm program (ReLU-aware ADMM) on calibration inputs, at each max_error: the rank
+    read off the solution with refit closed-form factors (edgecompress's default) and with the
+    solution's own weights (the paper)."""
     calib_seconds = ctx.calibration[1]
     for error in ctx.settings.convex_errors:
-        policy = make_policy("ddlr-convex", max_error=error, max_iter=ctx.settings.convex_iter)
-        context = ctx.policy_context()
-        candidate = timed_compress(ctx, f"DDLR convex ε={error:g}", "ddlr-convex", policy, context, calib_seconds)
-        candidate.meta["solver"] = context.extras.get("ddlr_convex", {})
-        yield candidate
+        for refit in ctx.settings.convex_refits:
+            yield convex_candidate(ctx, error, refit, calib_seconds)
+
+
+def convex_candidate(ctx: Context, error: float, refit: bool, calib_seconds: float) -> Candidate:
+    """One ``ddlr-convex`` solve, with a note when ADMM stopped before its tolerance."""
+    policy = make_policy("ddlr-convex", max_error=error, max_iter=ctx.settings.convex_iter, refit=refit)
+    context = ctx.policy_context()
+    candidate = timed_compress(ctx, f"DDLR convex ε={error:g}" + ("" if refit else " (no refit)"), "ddlr-convex",
+                               policy, context, calib_seconds)
+    solver = candidate.meta["solver"] = context.extras.get("ddlr_convex", {})
+    stopped = [name for name, layer in solver.items() if not layer.get("converged", True)]
+    if stopped:
+        candidate.meta["note"] = (f"{candidate.label}: ADMM stopped at {ctx.settings.convex_iter} iterations "
+                                  f"before its tolerance on layer(s) {', '.join(stopped)} (fit errors "
+                                  + ", ".join(f"{solver[n]['fit_error']:.3f}" for n in stopped) + ")")
+    return candidate
 
 
 @method("svd-training", missing=TRAINING)
@@ -330,7 +345,7 @@ def svd_training(ctx: Context) -> Iterator[Candidate]:
                                 "edgecompress.lowrank.data_policies", "edgecompress.lowrank.finetune"))
 def budget(ctx: Context) -> Iterator[Candidate]:
     """Budget mode: the smallest data-driven model within each accuracy drop on the validation split
-    (sensitivity allocation measured on calibration inputs)."""
+    (sensitivity allocation measured on the validation inputs, as `build --eval-split` does)."""
     from edgecompress.lowrank.budget import Budget, budget_compress
     from edgecompress.lowrank.finetune import predict
 
@@ -342,7 +357,7 @@ def budget(ctx: Context) -> Iterator[Candidate]:
         start = time.perf_counter()
         result = budget_compress(ctx.dense, make_policy("data"), model_spectra(ctx.dense),
                                  Budget(max_accuracy_drop=drop), context=ctx.policy_context(), evaluate=correct,
-                                 inputs=ctx.train.x[:ctx.settings.calib_samples])
+                                 inputs=ctx.val.x)
         yield Candidate(f"budget ≤{drop:g} pt", "budget", result.model, result.plan.linear_params_after,
                         time.perf_counter() - start + calib_seconds, result.plan,
                         meta={"ranks": result.plan.ranks, "search": {k: v for k, v in result.record.items()
