@@ -91,3 +91,25 @@ def test_export_is_byte_identical(small_mlp: nn.Module, tmp_path: Path) -> None:
     second = export_onnx(compress(small_mlp, UniformPolicy(8))[0], (1, 64), tmp_path / "b.onnx")
     simplify_onnx(first), simplify_onnx(second)
     assert first.read_bytes() == second.read_bytes()
+
+
+def test_refold_guard_counts_shapes_instead_of_matching_them() -> None:
+    """A factor (or a dense layer) that merely has another layer's dense shape is no refold."""
+    from edgecompress.export.onnx import check_weight_shapes
+    from edgecompress.lowrank.factorize import CompressionPlan, LayerPlan
+
+    def layer(name: str, out_f: int, in_f: int, rank: int | None) -> LayerPlan:
+        return LayerPlan(name, in_f, out_f, rank, 1.0, out_f * in_f, 0)
+
+    # hidden 1024x1024 at rank 10 -> second factor 1024x10, the head's dense shape (10x1024) transposed
+    plan = CompressionPlan({"name": "test"}, (layer("hidden", 1024, 1024, 10), layer("head", 10, 1024, 4)))
+    file_shapes = [(10, 1024), (1024, 10), (4, 1024), (10, 4)]
+    check_weight_shapes(file_shapes, plan, where="ok")
+    with pytest.raises(RefoldError, match="head"):  # one more 10x1024 matrix than the model has
+        check_weight_shapes(file_shapes + [(1024, 10)], plan, where="refolded")
+    # a dense layer excluded from the plan with a factorized layer's shape (q factorized, k kept dense)
+    plan = CompressionPlan({"name": "test"}, (layer("q", 48, 48, 8),))
+    model_shapes = [(8, 48), (48, 8), (48, 48)]
+    check_weight_shapes(model_shapes, plan, where="ok", expected=model_shapes)
+    with pytest.raises(RefoldError):
+        check_weight_shapes(model_shapes, plan, where="no expected shapes given")

@@ -7,6 +7,7 @@ import contextlib
 import io
 import logging
 import re
+from collections import Counter
 import warnings
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -123,26 +124,50 @@ def initializer_shapes(model: onnx.ModelProto) -> list[tuple[int, ...]]:
     return shapes
 
 
-def check_factors_kept(model: onnx.ModelProto, plan: CompressionPlan, *, where: str) -> None:
+def check_factors_kept(model: onnx.ModelProto, plan: CompressionPlan, *, where: str,
+                       expected: Iterable[tuple[int, ...]] | None = None) -> None:
     """The refold guard on an ONNX graph (see :func:`check_weight_shapes`)."""
-    check_weight_shapes(initializer_shapes(model), plan, where=where)
+    check_weight_shapes(initializer_shapes(model), plan, where=where, expected=expected)
 
 
-def check_weight_shapes(shapes: Iterable[tuple[int, ...]], plan: CompressionPlan, *, where: str) -> None:
-    """Raise :class:`RefoldError` if a factorized layer's dense in x out weight is among the
-    constant ``shapes`` of an exported file, or if its two factors are missing."""
-    present = set(shapes)
+def _matrix_key(shape: Iterable[int]) -> tuple[int, ...]:
+    """A 2-D shape up to transposition (exporters may store a weight either way round)."""
+    return tuple(sorted(shape))
+
+
+def plan_weight_shapes(plan: CompressionPlan) -> list[tuple[int, int]]:
+    """The 2-D weights a compressed model holds per its plan: factor pairs and dense layers."""
+    shapes: list[tuple[int, int]] = []
+    for layer in plan.layers:
+        if layer.rank is None:
+            shapes.append((layer.out_features, layer.in_features))
+        else:
+            shapes += [(layer.rank, layer.in_features), (layer.out_features, layer.rank)]
+    return shapes
+
+
+def check_weight_shapes(shapes: Iterable[tuple[int, ...]], plan: CompressionPlan, *, where: str,
+                        expected: Iterable[tuple[int, ...]] | None = None) -> None:
+    """Raise :class:`RefoldError` if an exported file holds more in x out matrices than the
+    compressed model has (a factor pair was multiplied back), or lacks a layer's two factors.
+
+    ``shapes`` are the file's constant shapes; ``expected`` the 2-D weight shapes of the compressed
+    model's Linear layers (default: derived from the plan; pass the model's own when layers were
+    excluded from the plan). Counting, rather than looking for the shape, keeps a factor or a dense
+    layer that merely has the same shape as another layer's dense weight from being a false alarm.
+    """
+    present = Counter(_matrix_key(s) for s in shapes if len(s) == 2)
+    allowed = Counter(_matrix_key(s) for s in (plan_weight_shapes(plan) if expected is None else expected))
     for layer in plan.layers:
         if layer.rank is None:
             continue
-        dense = {(layer.in_features, layer.out_features), (layer.out_features, layer.in_features)}
-        if present & dense:
+        dense = _matrix_key((layer.in_features, layer.out_features))
+        if present[dense] > allowed[dense]:
             raise RefoldError(f"{where}: a dense {layer.out_features}x{layer.in_features} weight for layer "
                               f"{layer.name!r} is in the graph where a rank-{layer.rank} factor pair should be "
                               "(a constant-folding pass multiplied the factors back)")
-        first = {(layer.rank, layer.in_features), (layer.in_features, layer.rank)}
-        second = {(layer.out_features, layer.rank), (layer.rank, layer.out_features)}
-        if not (present & first and present & second):
+        first, second = _matrix_key((layer.rank, layer.in_features)), _matrix_key((layer.out_features, layer.rank))
+        if not (present[first] and present[second]):
             raise RefoldError(f"{where}: the rank-{layer.rank} factors of layer {layer.name!r} are missing from the graph")
 
 
