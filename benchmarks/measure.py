@@ -19,8 +19,7 @@ import onnx
 from edgecompress.bench import run_benchmark
 from edgecompress.bench.metrics import accuracy, top1
 from edgecompress.data import Dataset
-from edgecompress.errors import RefoldError
-from edgecompress.export.onnx import check_factors_kept, export_onnx, onnx_facts, simplify_onnx
+from edgecompress.export.onnx import check_factors_kept, export_onnx, simplify_onnx
 from edgecompress.export.quantize import int8_tolerance, quantize_onnx
 from edgecompress.export.verify import Tolerance, ort_runner, torch_outputs, verify
 
@@ -44,27 +43,13 @@ def export(candidate: Candidate, folder: Path, input_shape: tuple[int, ...], val
         quantize_onnx(fp32, path)
         fp32.unlink()
         tolerance = int8_tolerance()
-    notes = guard(path, candidate) if candidate.plan is not None else []
+    if candidate.plan is not None:
+        check_factors_kept(onnx.load(str(path)), candidate.plan, where=path.name)
     outputs = ort_runner(path, threads=1)(val.x)
     checked = verify(path.name, lambda _: outputs, torch_outputs(candidate.model, val.x), val.x, "val", tolerance)
     seconds = time.perf_counter() - start
     assert val.y is not None
-    return Artifact(path, path.stat().st_size, seconds, accuracy(val.y, top1(outputs)), checked.to_json(), notes)
-
-
-def guard(path: Path, candidate: Candidate) -> list[str]:
-    """edgecompress's refold guard on the exported file. When it fires although the file holds exactly
-    the candidate's Linear parameters (nothing was multiplied back: a factor of one layer has the
-    dense shape of another), the candidate is kept and the false alarm becomes a note."""
-    assert candidate.plan is not None
-    try:
-        check_factors_kept(onnx.load(str(path)), candidate.plan, where=path.name)
-    except RefoldError as exc:
-        if candidate.int8 or onnx_facts(path)["params"] != candidate.linear_params:
-            raise
-        return [f"refold guard false alarm on {candidate.label} (the file holds exactly its "
-                f"{candidate.linear_params:,} parameters): {exc}"]
-    return []
+    return Artifact(path, path.stat().st_size, seconds, accuracy(val.y, top1(outputs)), checked.to_json())
 
 
 @dataclass(frozen=True)
@@ -119,7 +104,6 @@ def row(candidate: Candidate, result: dict[str, Any], latency: dict[str, Any], d
         "artifact": artifact.path.name,
         "meta": {k: v for k, v in candidate.meta.items() if k != "csr_bytes"},
         "verification": artifact.verification,
-        "notes": artifact.notes,
     }
 
 

@@ -72,7 +72,6 @@ class Artifact:
     seconds: float  # export + simplify + guard (+ int8) + verify
     val_accuracy: float
     verification: dict[str, Any]
-    notes: list[str] = field(default_factory=list)
 
 
 @dataclass

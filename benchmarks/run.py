@@ -96,7 +96,7 @@ def notes(missing: dict[str, str], failed: dict[str, str], rows: list[dict[str, 
     ]
     found += [f"Not measured: **{name}** — {reason}." for name, reason in missing.items()]
     found += [f"FAILED: **{name}** — {message} (its rows are missing)." for name, message in failed.items()]
-    found += [note for row in rows for note in row["notes"] + [row["meta"].get("note")] if note]
+    found += [row["meta"]["note"] for row in rows if row["meta"].get("note")]
     return found
 
 
