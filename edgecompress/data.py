@@ -163,3 +163,33 @@ def load_dataset(spec: str, default_split: str = "test") -> Dataset:
     if not path.exists():
         raise InputError(f"dataset not found: {spec} (give a .npz, an MNIST-style IDX folder, or 'digits')")
     raise InputError(f"unsupported dataset {spec}: give a .npz with x/y, an MNIST-style IDX folder, or 'digits'")
+
+
+def validation_spec(spec: str) -> str | None:
+    """The spec of the validation split beside a training spec (``mnist`` -> ``mnist:val``,
+    ``digits:train`` -> ``digits:val``); None for a single file (.npz), which has no split."""
+    base, _ = _split_spec(spec, "train")
+    if base in ("digits", "fashion-mnist") or Path(base).is_dir():
+        return f"{base}:val"
+    return None
+
+
+def hold_out(data: Dataset, fraction: float = 0.1) -> tuple[Dataset, Dataset]:
+    """Split off the last ``fraction`` of ``data`` as a validation set: (rest, held out)."""
+    n_val = max(1, round(len(data) * fraction))
+    if len(data) - n_val < 1:
+        raise InputError(f"{data.name} has {len(data)} samples: too few to hold out a validation split; "
+                         "give one with --val")
+
+    def part(rows: slice, label: str) -> Dataset:
+        return Dataset(data.x[rows], None if data.y is None else data.y[rows], f"{data.name}[{label}]")
+
+    return part(slice(None, -n_val), f":-{n_val}"), part(slice(-n_val, None), f"-{n_val}:")
+
+
+def train_val(spec: str, val: str | None = None, fraction: float = 0.1) -> tuple[Dataset, Dataset]:
+    """Training and validation data for fine-tuning: the spec's ``train`` split and ``val`` (or its
+    ``val`` split; for a single file, its last ``fraction`` held out)."""
+    train = load_dataset(spec, default_split="train")
+    val = val or validation_spec(spec)
+    return (train, load_dataset(val, default_split="val")) if val else hold_out(train, fraction)

@@ -10,7 +10,7 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -19,7 +19,7 @@ import onnx
 from torch import nn
 
 from edgecompress import provenance
-from edgecompress.data import Dataset, load_dataset
+from edgecompress.data import Dataset, hold_out, load_dataset, validation_spec
 from edgecompress.errors import InputError
 from edgecompress.export import onnx as onnx_export
 from edgecompress.export import quantize as int8_export
@@ -30,8 +30,11 @@ from edgecompress.lowrank.budget import Budget, budget_compress
 from edgecompress.lowrank.calibration import Calibration, calibrate, require_samples
 from edgecompress.lowrank.data_policies import data_errors
 from edgecompress.lowrank.factorize import CompressionPlan, compress
+from edgecompress.lowrank.finetune import TrainingReport, finetune, phase_settings
 from edgecompress.lowrank.policies import PolicyContext, RankPolicy, UniformPolicy
 from edgecompress.lowrank.spectrum import model_spectra
+from edgecompress.lowrank.training import FINETUNE_EPOCHS, SVD_EPOCHS, SvdTrainingPolicy, svd_train
+from edgecompress.models import CACHE_DIR
 from edgecompress.bench.metrics import accuracy, macro_f1, top1
 
 Progress = Callable[[str], None]
@@ -70,9 +73,9 @@ class BuildConfig:
     # fine-tuning and SVD training (lowrank/training.py)
     train_data: str | None = None
     finetune_data: str | None = None
-    epochs: int = 3
+    epochs: int | None = None  # None: the method's default (fine-tuning 3, SVD training 2)
     distill_weight: float = 0.5
-    training: dict[str, Any] = field(default_factory=dict)  # sparsity, lambda_orth, lambda_sparsity, prune_energy, lr ...
+    training: dict[str, Any] = field(default_factory=dict)  # lr, batch_size, temperature, threads, finetune_epochs, val
     # extra targets (export/tflite.py, export/quantize.py)
     quantize: str | None = None
     batch: int = 1
@@ -335,12 +338,59 @@ def _tflite_artifacts(dense: nn.Module, compressed: nn.Module, plan: Compression
     return artifacts
 
 
+def _check_training(config: BuildConfig) -> None:
+    """--train goes with --policy svd-training (and needs it); --finetune with any other policy."""
+    svd = isinstance(config.policy, SvdTrainingPolicy)
+    if svd and config.train_data is None:
+        raise InputError("--policy svd-training needs --train DATA (labelled training data, e.g. mnist or digits)")
+    if config.train_data is not None and not svd:
+        raise InputError(f"--train is for --policy svd-training; to fine-tune after --policy {config.policy.name}, "
+                         "use --finetune DATA")
+    if svd and config.finetune_data is not None:
+        raise InputError("--policy svd-training already fine-tunes on its --train data after pruning "
+                         "(--finetune-epochs); drop --finetune")
+    val = config.training.get("val")
+    if val is not None and (str(val).endswith(":test") or val == config.eval_data):
+        raise InputError(f"--val {val} is the test data: pick the best epoch on a validation split "
+                         "(e.g. mnist:val, digits:val) and keep the test split for --eval")
+
+
+def _training_data(config: BuildConfig, input_shape: tuple[int, ...]) -> tuple[Dataset, Dataset]:
+    """The --train/--finetune data's train split, and --val, its val split, or (one file) its last 10%."""
+    spec = config.train_data or config.finetune_data
+    train = _model_dataset(spec, "train", None, input_shape, "training")
+    val = config.training.get("val") or validation_spec(spec)
+    return hold_out(train) if val is None else (train, _model_dataset(val, "val", None, input_shape, "validation"))
+
+
+def _train_stage(config: BuildConfig, dense: nn.Module, input_shape: tuple[int, ...], progress: bool,
+                 compressed: nn.Module | None, plan: CompressionPlan | None
+                 ) -> tuple[nn.Module, CompressionPlan, dict[str, Any]]:
+    """SVD training (--train, instead of truncation) or fine-tuning (--finetune, after it).
+
+    Ctrl-C saves the best state so far under ~/.cache/edgecompress/checkpoints/<name>/ (never in --out).
+    """
+    train, val = _training_data(config, input_shape)
+    svd = isinstance(config.policy, SvdTrainingPolicy)
+    settings = phase_settings(config.training, epochs=SVD_EPOCHS if svd and config.epochs is None else config.epochs,
+                              distill_weight=config.distill_weight, seed=config.seed)
+    checkpoints = CACHE_DIR / "checkpoints" / config.stem
+    if svd:
+        finetune_epochs = config.training.get("finetune_epochs", FINETUNE_EPOCHS)
+        small, plan, report = svd_train(
+            dense, train, val, config.policy, settings=settings, exclude=config.exclude, checkpoints=checkpoints,
+            finetune_settings=replace(settings, epochs=finetune_epochs) if finetune_epochs else None, progress=progress)
+        return small, plan, report.to_json()
+    assert compressed is not None and plan is not None
+    result = finetune(compressed, train, val, teacher=dense, settings=settings,
+                      checkpoint=checkpoints / "finetune-best.pt", progress=progress)
+    return compressed, plan, TrainingReport("finetune", train.name, val.name, len(train), [result],
+                                            {"final": plan.ranks}).to_json()
+
+
 def _check_supported(config: BuildConfig) -> None:
     """Refuse options whose stage is not implemented yet (each stage removes its line when it lands)."""
-    pending = {
-        "--finetune": config.finetune_data is not None,
-        "--train": config.train_data is not None,
-    }
+    pending: dict[str, bool] = {}
     for option, used in pending.items():
         if used:
             raise InputError(f"{option} is not available in this version of edgecompress yet")
@@ -365,14 +415,21 @@ def _check_targets(config: BuildConfig) -> None:
 def build(config: BuildConfig, progress: Progress | None = None) -> BuildResult:
     """Run the whole build; artifacts and build.json land in ``config.out`` only if every step passed."""
     _check_supported(config)
+    _check_training(config)
     _check_targets(config)
     timings = _Timings()
     with timings.stage("load", progress):
         loaded = load_model(config.model, factory=config.factory, allow_pickle=config.allow_pickle)
         input_shape = resolve_input_shape(loaded, config.input_shape)
         eval_data = _eval_dataset(config, input_shape)
-    with timings.stage("compress", progress):
-        compressed, plan, ranks_record = _compress_stage(config, loaded.module, input_shape, progress)
+    compressed, plan, ranks_record = None, None, {}
+    if config.train_data is None:  # svd-training (--train) finds its ranks by training instead
+        with timings.stage("compress", progress):
+            compressed, plan, ranks_record = _compress_stage(config, loaded.module, input_shape, progress)
+    if config.train_data is not None or config.finetune_data is not None:
+        with timings.stage("train", progress):
+            compressed, plan, ranks_record["training"] = _train_stage(config, loaded.module, input_shape,
+                                                                      progress is not None, compressed, plan)
     checks = [(random_inputs(input_shape, config.verify_samples, config.seed), "random")]
     if eval_data is not None:
         checks.append((eval_data.x, "eval"))

@@ -13,6 +13,8 @@ from edgecompress.errors import InputError
 
 POLICY_NAMES = ["energy", "entropy", "uniform", "data", "ddlr-convex", "svd-training"]
 TARGETS = ("onnx", "tflite")
+SPARSITY_CHOICES = ("hoyer", "l1")
+SVD_POLICY_FLAGS = ("sparsity", "lambda_orth", "lambda_sparsity", "prune_energy", "keep_head")  # SvdTrainingPolicy
 
 
 def parse_targets(text: str) -> tuple[str, ...]:
@@ -22,6 +24,17 @@ def parse_targets(text: str) -> tuple[str, ...]:
     if unknown or not targets:
         raise InputError(f"--target takes a comma list of {', '.join(TARGETS)}; got {text!r}")
     return targets
+
+
+def split_training_flags(policy: str, flags: dict[str, float | int | str | None]) -> tuple[dict, dict]:
+    """The training flags that were given, as (svd-training policy options, ``BuildConfig.training``);
+    refuses svd-training-only flags with another policy."""
+    given = {key: value for key, value in flags.items() if value is not None}
+    svd_only = [key for key in (*SVD_POLICY_FLAGS, "finetune_epochs") if key in given]
+    if svd_only and policy != "svd-training":
+        names = ", ".join("--" + key.replace("_", "-") for key in svd_only)
+        raise InputError(f"{names} only apply to --policy svd-training (with --train DATA)")
+    return {key: given.pop(key) for key in SVD_POLICY_FLAGS if key in given}, given
 
 
 def parse_size(text: str | None) -> int | None:
@@ -79,8 +92,26 @@ def parse_size(text: str | None) -> int | None:
                    "one-sided confidence (0 = the measured drop itself).")
 @click.option("--finetune", "finetune_data", default=None, help="Fine-tune the compressed model on this training data.")
 @click.option("--train", "train_data", default=None, help="svd-training: training data.")
-@click.option("--epochs", type=int, default=3, help="Fine-tuning / SVD-training epochs.")
+@click.option("--epochs", type=int, default=None,
+              help="Fine-tuning / SVD-training epochs.  [default: 3 fine-tuning, 2 SVD training]")
 @click.option("--distill-weight", type=float, default=0.5, help="Weight of distillation from the dense model.")
+@click.option("--val", default=None, help="Training: validation data for the best epoch (default: the data's val split; "
+                                          "an .npz: its last 10%).")
+@click.option("--lr", type=float, default=None, help="Training: peak learning rate (Adam, cosine decay).  [default: 1e-3]")
+@click.option("--train-batch", "batch_size", type=int, default=None, help="Training: batch size.  [default: 128]")
+@click.option("--temperature", type=float, default=None, help="Training: distillation temperature.  [default: 2]")
+@click.option("--train-threads", "threads", type=int, default=None, help="Training: torch threads.  [default: 1]")
+@click.option("--finetune-epochs", type=int, default=None,
+              help="svd-training: fine-tuning epochs after pruning (0: none).  [default: 10]")
+@click.option("--sparsity", type=click.Choice(SPARSITY_CHOICES), default=None,
+              help="svd-training: singular-value sparsity, Hoyer ||s||1/||s||2 or L1 ||s||1.  [default: hoyer]")
+@click.option("--lambda-orth", type=float, default=None, help="svd-training: weight of the orthogonality term.  [default: 1]")
+@click.option("--lambda-sparsity", type=float, default=None,
+              help="svd-training: weight of the sparsity term.  [default: 0.3]")
+@click.option("--prune-energy", type=float, default=None,
+              help="svd-training: prune each layer keeping energy >= 1 - e of sum(s^2).  [default: 0.1]")
+@click.option("--compress-head", "keep_head", flag_value=False, default=None,
+              help="svd-training: also train and prune the last Linear layer (kept dense by default).")
 @click.option("--quantize", type=click.Choice(["int8"]), default=None,
               help="Also write <name>.int8.onnx (weight-only dynamic; static QDQ with --calib) / <name>.int8.tflite (dynamic range).")
 @click.option("--int8-agreement", type=float, default=0.98, help="int8: min top-1 agreement with the fp32 model on data inputs.")
@@ -96,8 +127,8 @@ def build(model: Path, target_text: str, out: Path, name: str | None, input_shap
           verify_samples: int, atol: float, rtol: float, calib_data: str | None, calib_samples: int,
           max_accuracy_drop: float | None, eval_split: str | None, target_params: float | None,
           target_size_text: str | None, round_to: int, allocation: str, confidence: float, finetune_data: str | None, train_data: str | None,
-          epochs: int, distill_weight: float, quantize: str | None, int8_agreement: float, batch: int, seed: int,
-          json_out: str | None, run_bench: bool, quiet: bool) -> None:
+          epochs: int | None, distill_weight: float, quantize: str | None, int8_agreement: float, batch: int, seed: int,
+          json_out: str | None, run_bench: bool, quiet: bool, **training_flags: float | int | str | None) -> None:
     """Compress MODEL's Linear layers and export dense + compressed ONNX, verified.
 
     MODEL is a torch.export program (.pt2), a state_dict (.pt, with --factory), or a pickled
@@ -118,16 +149,17 @@ def build(model: Path, target_text: str, out: Path, name: str | None, input_shap
     from edgecompress.lowrank.policies import make_policy
     from edgecompress.pipeline import BuildConfig, build as run_build
 
+    svd_options, training = split_training_flags(policy, training_flags)
     config = BuildConfig(
         model=model, out=out, name=name, targets=parse_targets(target_text),
         input_shape=parse_shape(input_shape) if input_shape else None, factory=factory, allow_pickle=allow_pickle,
-        policy=make_policy(policy, rank=rank, threshold=threshold, scale=scale, max_error=max_error, refit=not no_refit),
+        policy=make_policy(policy, rank=rank, threshold=threshold, scale=scale, max_error=max_error, refit=not no_refit, **svd_options),
         exclude=exclude, opset=opset, simplify=not no_simplify, eval_data=eval_data, eval_samples=eval_samples,
         verify_samples=verify_samples, tolerance=Tolerance(atol=atol, rtol=rtol), seed=seed,
         calib_data=calib_data, calib_samples=calib_samples, max_accuracy_drop=max_accuracy_drop,
         eval_split=eval_split, target_params=target_params, target_size=parse_size(target_size_text),
         round_to=round_to, allocation=allocation, confidence=confidence, finetune_data=finetune_data, train_data=train_data, epochs=epochs,
-        distill_weight=distill_weight, quantize=quantize, int8_min_agreement=int8_agreement, batch=batch,
+        distill_weight=distill_weight, training=training, quantize=quantize, int8_min_agreement=int8_agreement, batch=batch,
     )
     with stage_spinner(quiet) as progress:
         result = run_build(config, progress=progress)
