@@ -29,7 +29,7 @@ from edgecompress.load import LoadedModel, check_input_shape, infer_input_shape,
 from edgecompress.lowrank.budget import Budget, budget_compress
 from edgecompress.lowrank.calibration import Calibration, calibrate, require_samples
 from edgecompress.lowrank.data_policies import data_errors
-from edgecompress.lowrank.factorize import CompressionPlan, compress
+from edgecompress.lowrank.factorize import CompressionPlan, compress, linear_weight_shapes
 from edgecompress.lowrank.finetune import TrainingReport, finetune, phase_settings
 from edgecompress.lowrank.policies import PolicyContext, RankPolicy, UniformPolicy
 from edgecompress.lowrank.spectrum import model_spectra
@@ -274,13 +274,15 @@ def _export_verified(model: nn.Module, role: str, path: Path, config: BuildConfi
     with timings.stage(f"export_{role}", progress):
         onnx_export.export_onnx(model, input_shape, path, opset=config.opset)
         if plan is not None:
-            onnx_export.check_factors_kept(onnx.load(str(path)), plan, where=f"{path.name} (export)")
+            onnx_export.check_factors_kept(onnx.load(str(path)), plan, where=f"{path.name} (export)",
+                                           expected=linear_weight_shapes(model))
     simplified = False
     if config.simplify:
         with timings.stage(f"simplify_{role}", progress):
             simplified = onnx_export.simplify_onnx(path)
             if plan is not None:
-                onnx_export.check_factors_kept(onnx.load(str(path)), plan, where=f"{path.name} (onnxsim)")
+                onnx_export.check_factors_kept(onnx.load(str(path)), plan, where=f"{path.name} (onnxsim)",
+                                               expected=linear_weight_shapes(model))
     with timings.stage(f"verify_{role}", progress):
         verifications = _verifications(path, model, [(x, description, config.tolerance) for x, description in checks])
     return {"path": path.name, "format": "onnx", "simplified": simplified, **onnx_export.onnx_facts(path),
@@ -302,7 +304,8 @@ def _int8_onnx(compressed: nn.Module, plan: CompressionPlan, config: BuildConfig
     calibration = _calibration_inputs(config, input_shape)
     with timings.stage("quantize_int8", progress):
         scheme = int8_export.quantize_onnx(staging / f"{config.stem}.onnx", path, calibration=calibration)
-        onnx_export.check_factors_kept(onnx.load(str(path)), plan, where=f"{path.name} (int8)")
+        onnx_export.check_factors_kept(onnx.load(str(path)), plan, where=f"{path.name} (int8)",
+                                       expected=linear_weight_shapes(compressed))
     with timings.stage("verify_int8", progress):
         verifications = _verifications(path, compressed, int8_export.int8_checks(
             checks, calibration, config.int8_min_agreement, config.verify_samples))
@@ -328,7 +331,8 @@ def _tflite_artifacts(dense: nn.Module, compressed: nn.Module, plan: Compression
             else:
                 tflite_export.convert_tflite(model, input_shape, path, batch=config.batch)
             if model_plan is not None:
-                tflite_export.check_tflite_factors(path, model_plan, where=f"{filename} (litert-torch)")
+                tflite_export.check_tflite_factors(path, model_plan, where=f"{filename} (litert-torch)",
+                                                   expected=linear_weight_shapes(model))
         with timings.stage(f"verify_{role}", progress):
             role_checks = (int8_export.int8_checks(checks, None, config.int8_min_agreement, config.verify_samples)
                            if role == "int8_tflite" else [(x, description, config.tolerance) for x, description in checks])
