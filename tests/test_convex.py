@@ -65,14 +65,14 @@ def test_relu_aware_program_meets_both_constraints(small_layer) -> None:
     result = solve_ddlr(w, x, bias=b, relu=True, max_error=0.2, tol=1e-5, max_iter=5000)
     pre, new = w @ x.T + b[:, None], result.weight @ x.T + b[:, None]
     active = pre > 0
-    fit = float(((new - pre) * active).norm() / (w @ x.T).norm())
+    fit = float(((new - pre) * active).norm() / torch.relu(pre).norm())  # relative to the post-activation
     violation = float((new * ~active).clamp_min(0).max()) / float(pre.abs().max())
     assert fit <= 0.2 * 1.01
     assert violation <= 1e-3 and violation == pytest.approx(result.max_violation, abs=1e-9)
     assert result.relu and result.rank < 10
     # what the next layer sees moves by at most the fit on Omega plus the (tiny) violations off it
     drift = float((torch.relu(new) - torch.relu(pre)).norm())
-    assert drift <= 0.2 * 1.01 * float((w @ x.T).norm()) + float((~active).sum()) ** 0.5 * violation * float(pre.abs().max())
+    assert drift <= 0.2 * 1.01 * float(torch.relu(pre).norm()) + float((~active).sum()) ** 0.5 * violation * float(pre.abs().max())
 
 
 @pytest.mark.parametrize("refit", [False, True])

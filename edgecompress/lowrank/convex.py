@@ -11,10 +11,11 @@ Linear variant (no ReLU after the layer)::
 ReLU-aware variant (the layer feeds a ReLU; ``Omega`` = entries where ``Y > 0``)::
 
     minimize_Z  ||Z||_*
-    subject to  ||P_Omega((Z - W) X)||_F <= eps * ||W X||_F     fit where the unit is active
-                P_Omega^c(Z X + b 1^T) <= 0                     stay inactive where it is inactive
+    subject to  ||P_Omega((Z - W) X)||_F <= eps * ||relu(Y)||_F   fit where the unit is active
+                P_Omega^c(Z X + b 1^T) <= 0                       stay inactive where it is inactive
 
-so ``relu(Z X + b)`` matches ``relu(Y)`` exactly off ``Omega`` and within ``eps`` on it. Both are
+so ``relu(Z X + b)`` matches ``relu(Y)`` exactly off ``Omega`` and within ``eps`` (relative to the
+layer's post-activation output, as in Net-Trim) on it. Both are
 convex (the nuclear norm is the convex envelope of rank); ``Z = W`` is always feasible. With the
 scaled inputs ``X~ = X / ||X||_2`` and the splitting ``Q = Z``, ``U = Z X~``, the program is
 ``min ||Q||_* + I_S(U)  s.t.  Q = Z, U = Z X~`` (``S`` the constraint set above), and scaled ADMM
@@ -50,7 +51,7 @@ class ConvexResult:
     s: torch.Tensor = field(repr=False)
     vh: torch.Tensor = field(repr=False)
     rank: int
-    fit_error: float  # ||P_Omega((Q - W) X)||_F / ||W X||_F
+    fit_error: float  # ||P_Omega((Q - W) X)||_F / ||W X||_F, or / ||relu(Y)||_F in the ReLU-aware variant
     max_violation: float  # max of P_Omega^c(Q X + b), relative to max |Y| (0 when feasible)
     iterations: int
     converged: bool
@@ -124,7 +125,8 @@ def solve_ddlr(weight: torch.Tensor, inputs: torch.Tensor, *, bias: torch.Tensor
     pre = w @ x + b[:, None]
     active = (pre > 0) if relu else None
     upper = (-b / scale)[:, None].expand_as(target) if relu else None
-    constraint = _Constraint(target, active, upper, max_error * float(target.norm()))
+    reference = float(pre.clamp_min(0.0).norm()) if relu else float(target.norm()) * scale
+    constraint = _Constraint(target, active, upper, max_error * reference / scale)
     chol = torch.linalg.cholesky(torch.eye(in_features, dtype=torch.float64) + xs @ xs.T)
     rho = rho or 10.0 / max(float(torch.linalg.matrix_norm(w, ord=2)), 1e-300)
 
@@ -159,13 +161,13 @@ def solve_ddlr(weight: torch.Tensor, inputs: torch.Tensor, *, bias: torch.Tensor
             y1 /= factor
             y2 /= factor
     u, s, vh = svd
-    return ConvexResult(u, s, vh, int(s.numel()), *_constraint_report(q, w, x, b, active, float(target.norm()) * scale),
+    return ConvexResult(u, s, vh, int(s.numel()), *_constraint_report(q, w, x, b, active, reference),
                         iteration, converged, relu, max_error)
 
 
 def _constraint_report(q: torch.Tensor, w: torch.Tensor, x: torch.Tensor, b: torch.Tensor,
                        active: torch.Tensor | None, reference: float) -> tuple[float, float]:
-    """(fit error relative to ||W X||_F, largest violation of the inactive bound relative to max |Y|)."""
+    """(fit error relative to ``reference``, largest violation of the inactive bound relative to max |Y|)."""
     diff = (q - w) @ x
     pre = q @ x + b[:, None]
     if active is None:
