@@ -54,9 +54,9 @@ class Settings:
     convex_refits: tuple[bool, ...] = (True, False)  # the product's refit factors; the paper's own solution
     convex_inputs: int = 2048  # input rows per layer the convex solver works on
     convex_iter: int = 300
-    svd_prune_energies: tuple[float, ...] = (0.05, 0.2)  # SVD training's default e, and a smaller model
-    svd_epochs: int = 5
-    svd_finetune_epochs: int = 2
+    svd_prune_energies: tuple[float, ...] = (0.05, 0.1, 0.2)  # around SVD training's default e = 0.1
+    svd_epochs: int = 2  # edgecompress's defaults: 2 regularized epochs, then 10 fine-tuning epochs
+    svd_finetune_epochs: int = 10
     budget_drops: tuple[float, ...] = (0.5, 1.0)  # accuracy points on the validation split
     int8_max_drop: float = 1.0  # low rank + int8 starts from the smallest post-hoc model within this
     bench_runs: int = 300

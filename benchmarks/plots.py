@@ -16,6 +16,7 @@ from matplotlib import ticker  # noqa: E402
 MARKERS = {"dense": "*", "uniform": "o", "energy": "s", "entropy": "D", "data": "^", "ddlr-convex": "v",
            "budget": "P", "magnitude": "x", "truncate": "<", "finetune": ">", "svd-training": "h", "int8": "d",
            "lowrank-int8": "X"}
+COLORS = [*(plt.get_cmap("tab10")(i) for i in range(10)), "black", "darkgoldenrod", "teal"]
 FLOOR_POINTS = 10.0  # y axis starts at most this many points below dense
 
 
@@ -40,7 +41,7 @@ def plot(rows: Sequence[dict[str, Any]], path: Path, title: str) -> Path:
             if members:
                 ax.scatter([r[key] for r in members], [max(100 * r["accuracy"], floor) for r in members],
                            marker=marker, s=60 if marker != "*" else 160, label=method,
-                           color=plt.get_cmap("tab20")(index / len(MARKERS)))
+                           color=COLORS[index % len(COLORS)])
         front = pareto([(r[key], 100 * r["accuracy"]) for r in rows])
         ax.step([p[0] for p in front], [max(p[1], floor) for p in front], where="post", color="grey", lw=1,
                 label="Pareto front")

@@ -93,11 +93,13 @@ def claims(rows: Sequence[dict[str, Any]], predictions: dict[str, np.ndarray], l
     """The three papers' claims, each judged on equal-size pairs."""
     def pairs(methods: Iterable[str], baseline_of: Callable[[dict[str, Any]], Iterable[dict[str, Any] | None]]
               ) -> list[Pair]:
-        found = []
+        found: dict[tuple[str, str], Pair] = {}  # a row matched to two equal targets is compared once
         for r in rows:
             if r["method"] in methods:
-                found += [paired(r, b, predictions, labels) for b in baseline_of(r) if b is not None]
-        return found
+                for b in baseline_of(r):
+                    if b is not None:
+                        found.setdefault((r["label"], b["label"]), paired(r, b, predictions, labels))
+        return list(found.values())
 
     def baseline(method: str) -> Callable[[dict[str, Any]], list[dict[str, Any] | None]]:
         """The ``method`` row matched to this anchor row, or to each target this matched row had."""
@@ -122,6 +124,8 @@ def claims(rows: Sequence[dict[str, Any]], predictions: dict[str, np.ndarray], l
         claim("svd-training", "SVD training beats post-hoc truncation at the same size (same per-layer ranks; "
               "uniform rank)", pairs(("svd-training",), lambda r: [*made_from("truncate")(r),
                                                                    matched_to(rows, "uniform", r["label"])])),
+        claim("data-vs-uniform", "(not a paper claim) data-aware low rank (data ε, budget mode, DDLR convex) beats a "
+              "uniform rank at equal size", pairs(("data", "budget", "ddlr-convex"), baseline("uniform"))),
         claim("svd-vs-finetune", "(not a paper claim) SVD training beats truncation + fine-tuning with distillation "
               "for the same number of epochs, same ranks", pairs(("svd-training",), made_from("finetune"))),
     ]
