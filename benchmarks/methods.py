@@ -51,16 +51,15 @@ class Settings:
     entropy_scale: float = 1.0
     calib_samples: int = 2048  # training images the data-driven methods see
     convex_errors: tuple[float, ...] = (0.1,)
-    convex_refits: tuple[bool, ...] = (True, False)  # the product's refit factors; the paper's own solution
     convex_inputs: int = 2048  # input rows per layer the convex solver works on
-    convex_iter: int = 300
+    convex_iter: int = 1000  # edgecompress's default
     svd_prune_energies: tuple[float, ...] = (0.05, 0.1, 0.2)  # around SVD training's default e = 0.1
     svd_epochs: int = 2  # edgecompress's defaults: 2 regularized epochs, then 10 fine-tuning epochs
     svd_finetune_epochs: int = 10
     budget_drops: tuple[float, ...] = (0.5, 1.0)  # accuracy points on the validation split
     int8_max_drop: float = 1.0  # low rank + int8 starts from the smallest post-hoc model within this
-    bench_runs: int = 300
-    bench_warmup: int = 20
+    bench_runs: int = 2000
+    bench_warmup: int = 50
 
 
 @dataclass
@@ -298,25 +297,33 @@ def entropy(ctx: Context) -> Iterator[Candidate]:
 
 @method("ddlr-convex", missing=DATA)
 def ddlr_convex(ctx: Context) -> Iterator[Candidate]:
-    """DDLR's nuclear-norm program (ReLU-aware ADMM) on calibration inputs, at each max_error: the rank
-    read off the solution with refit closed-form factors (edgecompress's default) and with the
-    solution's own weights (the paper)."""
+    """DDLR's nuclear-norm program (ReLU-aware ADMM) on calibration inputs, at each max_error: the
+    solution's own weights (the paper, ``refit=False``) and, at the ranks read off it, the closed-form
+    data-aware factors (``refit=True``, edgecompress's default; one solve serves both)."""
+    from edgecompress.lowrank.data_policies import data_spectra
+
     calib_seconds = ctx.calibration[1]
     for error in ctx.settings.convex_errors:
-        for refit in ctx.settings.convex_refits:
-            yield convex_candidate(ctx, error, refit, calib_seconds)
+        own = convex_candidate(ctx, error, calib_seconds)
+        start = time.perf_counter()
+        policy = make_policy("ddlr-convex", max_error=error, max_iter=ctx.settings.convex_iter, refit=True)
+        model, plan = apply_ranks(ctx.dense, ctx.spectra, own.plan.ranks, policy.to_json(),
+                                  factors=data_spectra(ctx.spectra, ctx.policy_context()))
+        yield Candidate(f"DDLR convex ε={error:g}", "ddlr-convex", model, plan.linear_params_after,
+                        own.seconds + time.perf_counter() - start, plan, meta={**own.meta, "policy": policy.to_json()})
+        yield own
 
 
-def convex_candidate(ctx: Context, error: float, refit: bool, calib_seconds: float) -> Candidate:
-    """One ``ddlr-convex`` solve, with a note when ADMM stopped before its tolerance."""
-    policy = make_policy("ddlr-convex", max_error=error, max_iter=ctx.settings.convex_iter, refit=refit)
+def convex_candidate(ctx: Context, error: float, calib_seconds: float) -> Candidate:
+    """One ``ddlr-convex`` solve keeping the solution's weights, with a note when ADMM stopped early."""
+    policy = make_policy("ddlr-convex", max_error=error, max_iter=ctx.settings.convex_iter, refit=False)
     context = ctx.policy_context()
-    candidate = timed_compress(ctx, f"DDLR convex ε={error:g}" + ("" if refit else " (no refit)"), "ddlr-convex",
-                               policy, context, calib_seconds)
+    candidate = timed_compress(ctx, f"DDLR convex ε={error:g} (no refit)", "ddlr-convex", policy, context,
+                               calib_seconds)
     solver = candidate.meta["solver"] = context.extras.get("ddlr_convex", {})
     stopped = [name for name, layer in solver.items() if not layer.get("converged", True)]
     if stopped:
-        candidate.meta["note"] = (f"{candidate.label}: ADMM stopped at {ctx.settings.convex_iter} iterations "
+        candidate.meta["note"] = (f"DDLR convex ε={error:g}: ADMM stopped at {ctx.settings.convex_iter} iterations "
                                   f"before its tolerance on layer(s) {', '.join(stopped)} (fit errors "
                                   + ", ".join(f"{solver[n]['fit_error']:.3f}" for n in stopped) + ")")
     return candidate

@@ -42,7 +42,7 @@ def settings_for(setup: Setup, is_smoke: bool) -> Settings:
     if is_smoke:
         return SMOKE
     if setup.name == "digits":
-        return Settings(sweep_ranks=(4, 8, 16, 32), calib_samples=2000, convex_inputs=2000, convex_iter=1000,
+        return Settings(sweep_ranks=(4, 8, 16, 32), calib_samples=2000, convex_inputs=2000,
                         svd_epochs=20, svd_finetune_epochs=10)
     return Settings(calib_samples=5000)
 
