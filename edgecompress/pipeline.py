@@ -29,7 +29,8 @@ from edgecompress.load import LoadedModel, check_input_shape, infer_input_shape,
 from edgecompress.lowrank.budget import Budget, budget_compress
 from edgecompress.lowrank.calibration import Calibration, calibrate, require_samples
 from edgecompress.lowrank.data_policies import data_errors
-from edgecompress.lowrank.factorize import CompressionPlan, compress, linear_weight_shapes
+from edgecompress.lowrank.factorize import (CompressionPlan, compress, excluded_reason, linear_weight_shapes,
+                                            with_unplanned_layers)
 from edgecompress.lowrank.finetune import TrainingReport, finetune, phase_settings
 from edgecompress.lowrank.policies import PolicyContext, RankPolicy, UniformPolicy
 from edgecompress.lowrank.spectrum import model_spectra
@@ -434,6 +435,8 @@ def build(config: BuildConfig, progress: Progress | None = None) -> BuildResult:
         with timings.stage("train", progress):
             compressed, plan, ranks_record["training"] = _train_stage(config, loaded.module, input_shape,
                                                                       progress is not None, compressed, plan)
+    if config.exclude and plan is not None:  # budget search and training plan only the selected layers
+        plan = with_unplanned_layers(plan, loaded.module, excluded_reason(config.exclude))
     checks = [(random_inputs(input_shape, config.verify_samples, config.seed), "random")]
     if eval_data is not None:
         checks.append((eval_data.x, "eval"))

@@ -14,6 +14,17 @@ SHARED = Path(__file__).resolve().parents[1] / ".." / "shared"
 MNIST_DIR = SHARED / "datasets" / "mnist"
 
 
+@pytest.fixture(scope="module")
+def single_thread() -> Any:
+    """torch on one thread for a module of tiny matrices (thousands of small SVDs, a small MLP): on a
+    shared 2-core machine the thread pool costs more than it saves. Use with ``pytestmark``."""
+    import torch
+
+    previous = torch.get_num_threads()
+    yield torch.set_num_threads(1)
+    torch.set_num_threads(previous)
+
+
 def make_small_mlp() -> Any:
     """A 64-96-96-10 MLP with seeded random weights (also used as a --factory in tests)."""
     import torch

@@ -21,12 +21,7 @@ from edgecompress.models import digits_mlp, save_exported, train_classifier
 from edgecompress.models import test_accuracy as accuracy_of
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """Tiny matrices: on a shared machine torch's thread pool costs more than it saves."""
-    previous = torch.get_num_threads()
-    yield torch.set_num_threads(1)
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")
@@ -191,6 +186,20 @@ def test_build_budget_mode_records_the_search(digits_pt2: Path, tmp_path: Path, 
     assert set(search["table"]) == set(search["ranks"]) and search["path"]
     assert record["calibration"]["dataset"].startswith("digits:train")
     assert record["totals"]["linear_params_after"] < record["totals"]["linear_params_before"]
+
+
+def test_build_budget_mode_plan_covers_excluded_layers(digits_pt2: Path, digits_model, tmp_path: Path,
+                                                       capsys) -> None:
+    out = tmp_path / "out"
+    code, err = run(["build", str(digits_pt2), "--target-params", "0.5", "--exclude", "^2$", "--out", str(out),
+                     "--quiet"], capsys)
+    assert code == 0, err
+    record = json.loads((out / "build.json").read_text())
+    excluded = [layer for layer in record["layers"] if layer["name"] == "2"]
+    assert len(excluded) == 1 and not excluded[0]["factorized"] and "--exclude" in excluded[0]["reason"]
+    assert "2" not in record["search"]["ranks"]  # the search never touched it
+    assert record["totals"]["linear_params_before"] == count_linear_params(digits_model)
+    assert record["totals"]["layers_total"] == 3
 
 
 def test_build_budget_errors(digits_pt2: Path, tmp_path: Path, capsys) -> None:

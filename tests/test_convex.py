@@ -19,12 +19,7 @@ from edgecompress.lowrank.spectrum import layer_spectrum, model_spectra
 from edgecompress.models import mlp, save_exported
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """Thousands of tiny SVDs: thread start-up costs more than the work."""
-    previous = torch.get_num_threads()
-    yield torch.set_num_threads(1)
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

@@ -115,5 +115,8 @@ def test_exclude_keeps_matching_layers_dense() -> None:
     compressed, plan = compress(model, UniformPolicy(8), exclude=r"classifier\.3")
     assert isinstance(compressed.classifier[1], LowRankLinear)
     assert type(compressed.classifier[3]) is nn.Linear
-    assert [layer.name for layer in plan.layers] == ["classifier.1"]
+    assert [(layer.name, layer.factorized) for layer in plan.layers] == [("classifier.1", True), ("classifier.3", False)]
+    assert "--exclude" in plan.layers[1].reason
+    assert plan.linear_params_before == count_linear_params(model)  # totals cover the excluded layer too
+    assert plan.linear_params_after == count_linear_params(compressed)
     assert compressed(torch.randn(3, 1, 8, 8)).shape == (3, 10)

@@ -127,6 +127,21 @@ def layer_plan(spectrum: LayerSpectrum, rank: int | None, source: Any = None) ->
                      round(energy, 6), spectrum.dense_params, after, reason)
 
 
+def with_unplanned_layers(plan: CompressionPlan, model: nn.Module, reason: str, *,
+                          exclude: str | None = None) -> CompressionPlan:
+    """``plan`` plus a kept-dense entry (``reason``) for each Linear of ``model`` (outside ``exclude``)
+    that it does not list, in module order, so its totals cover the whole model."""
+    planned = {layer.name: layer for layer in plan.layers}
+    entries = []
+    for name, linear in linear_layers(model, exclude).items():
+        if name in planned:
+            entries.append(planned.pop(name))
+            continue
+        params = sum(p.numel() for p in linear.parameters(recurse=False))
+        entries.append(LayerPlan(name, linear.in_features, linear.out_features, None, 1.0, params, params, reason))
+    return CompressionPlan(plan.policy, tuple(entries) + tuple(planned.values()))
+
+
 def apply_ranks(model: nn.Module, spectra: dict[str, LayerSpectrum], ranks: dict[str, int | None],
                 policy: dict[str, Any], *, factors: Mapping[str, Any] | None = None) -> tuple[nn.Module, CompressionPlan]:
     """A copy of ``model`` with each layer truncated to its rank (None or non-paying = dense).
@@ -169,7 +184,13 @@ def compress(model: nn.Module, policy: RankPolicy, *, exclude: str | None = None
     spectra = spectra if spectra is not None else model_spectra(model, exclude)
     context = context or PolicyContext()
     ranks = round_ranks(policy.plan(spectra, context), spectra, context.round_to)
-    return apply_ranks(model, spectra, ranks, policy.to_json(), factors=context.factors)
+    compressed, plan = apply_ranks(model, spectra, ranks, policy.to_json(), factors=context.factors)
+    return compressed, with_unplanned_layers(plan, model, excluded_reason(exclude)) if exclude else plan
+
+
+def excluded_reason(exclude: str | None) -> str:
+    """The plan's note for a layer matched by ``--exclude``."""
+    return f"excluded by --exclude {exclude!r}"
 
 
 def round_ranks(ranks: Mapping[str, int | None], spectra: Mapping[str, LayerSpectrum],

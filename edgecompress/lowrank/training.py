@@ -26,11 +26,11 @@ from torch import nn
 
 from edgecompress.data import Dataset
 from edgecompress.errors import InputError
-from edgecompress.lowrank.factorize import CompressionPlan, apply_ranks, layer_plan
+from edgecompress.lowrank.factorize import CompressionPlan, apply_ranks, with_unplanned_layers
 from edgecompress.lowrank.finetune import (Hooks, TrainingReport, TrainSettings, accuracy_of, fit, teacher_outputs,
                                           torch_threads)
 from edgecompress.lowrank.policies import EnergyPolicy, PolicyContext, RankPolicy, register
-from edgecompress.lowrank.spectrum import LayerSpectrum, layer_spectrum, linear_layers
+from edgecompress.lowrank.spectrum import LayerSpectrum, linear_layers
 
 SPARSITY = ("hoyer", "l1")
 SVD_EPOCHS = 2  # epochs of the regularized phase (the build's default)
@@ -295,11 +295,7 @@ class SvdTrainingHooks(Hooks):
 def _with_kept_head(plan: CompressionPlan, dense: nn.Module, exclude: str | None) -> CompressionPlan:
     """The plan plus a "kept dense" entry for each selected Linear that SVD training left alone (the
     head, with ``keep_head``), in module order, so the parameter totals cover every selected layer."""
-    planned = {layer.name: layer for layer in plan.layers}
-    return CompressionPlan(plan.policy, tuple(
-        planned.get(name) or replace(layer_plan(layer_spectrum(name, linear), None),
-                                     reason="classifier head kept dense (svd-training keep_head)")
-        for name, linear in linear_layers(dense, exclude).items()))
+    return with_unplanned_layers(plan, dense, "classifier head kept dense (svd-training keep_head)", exclude=exclude)
 
 
 def svd_train(model: nn.Module, train: Dataset, val: Dataset, policy: SvdTrainingPolicy | None = None, *,
