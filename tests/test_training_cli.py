@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from edgecompress.cli import main
+from edgecompress.cli.build_view import training_lines
 from edgecompress.data import load_dataset
 from edgecompress.models import digits_mlp, train_classifier
 
@@ -66,6 +67,11 @@ def test_svd_training_build_records_training_and_verifies(digits_weights: Path, 
     compressed = record["artifacts"]["compressed"]
     assert all(check["passed"] for check in compressed["verification"])
     assert compressed["eval"]["accuracy"] > 0.5
+    lines = training_lines(record)  # what the build table prints under the layers
+    assert lines[0].startswith("training (svd-training) on digits:train (1,078 samples)")
+    assert [line.split(":")[0].strip() for line in lines[1:3]] == ["svd-training", "finetune"]
+    assert lines[3].startswith("  total rank: 330 decomposed → ")
+    assert lines[3].endswith(f"{sum(training['ranks']['after_pruning'].values()):,} after pruning")
 
 
 def test_finetune_build_keeps_the_best_epoch(digits_weights: Path, tmp_path: Path, capsys) -> None:

@@ -75,9 +75,32 @@ def artifact_notes(record: dict[str, Any]) -> list[str]:
     return notes
 
 
+def training_lines(record: dict[str, Any]) -> list[str]:
+    """One line per training phase (epochs, validation accuracy before → kept epoch, time) and, for
+    SVD training, the total rank at each step."""
+    training = record.get("training")
+    if not training:
+        return []
+    lines = [f"training ({training['method']}) on {training['data']['train']} "
+             f"({training['data']['train_samples']:,} samples), validation {training['data']['val']}:"]
+    for phase in training["phases"]:
+        epochs = phase["epochs"]
+        lines.append(f"  {phase['phase']}: {len(epochs) - 1} epoch(s), val accuracy {_pct(epochs[0]['val_accuracy'])} "
+                     f"→ {_pct(phase['best_val_accuracy'])} (epoch {phase['best_epoch']} kept), {phase['seconds']:.1f} s")
+    ranks = training.get("ranks", {})
+    steps = [(label, ranks[key]) for key, label in (("decomposed", "decomposed"), ("before_pruning", "before pruning"),
+                                                   ("after_pruning", "after pruning")) if key in ranks]
+    if steps:
+        lines.append("  total rank: " + " → ".join(f"{sum(r or 0 for r in step.values()):,} {label}"
+                                                  for label, step in steps))
+    return lines
+
+
 def print_build(record: dict[str, Any]) -> None:
     """Print the layer table, verification lines and artifact table to stdout."""
     stdout.print(layer_table(record))
+    for line in training_lines(record):
+        stdout.print(line, highlight=False)
     for line in verification_lines(record):
         stdout.print(line)
     stdout.print(artifact_table(record))
