@@ -33,12 +33,12 @@ def _recorders(log: list[str], names: str) -> list:
     return [lambda n=n: log.append(n) for n in names]
 
 
-def test_interleave_runs_models_round_robin_after_warmup() -> None:
+def test_interleave_runs_models_round_robin_after_warmup_rotating_the_first() -> None:
     log: list[str] = []
     timing = interleave(_recorders(log, "ABC"), runs=3, warmup=2, clock=FakeClock())
-    assert "".join(log) == "ABC" * 5
+    assert "".join(log) == "ABC" * 2 + "ABC" + "BCA" + "CAB"  # each model first, middle and last once
     assert timing.schedule == [("warmup", i) for _ in range(2) for i in range(3)] + \
-                              [("timed", i) for _ in range(3) for i in range(3)]
+                              [("timed", (k + j) % 3) for k in range(3) for j in range(3)]
     assert [len(s) for s in timing.samples_ms] == [3, 3, 3]
     assert all(s == 1000.0 for samples in timing.samples_ms for s in samples)
 
@@ -51,7 +51,7 @@ def test_interleave_seconds_budget_stops_after_the_round_that_exceeds_it() -> No
                         on_round=lambda done, elapsed: rounds.append((done, elapsed)))
     assert [d for d, _ in rounds] == [1, 2, 3]
     assert rounds[-1][1] >= 12
-    assert "".join(log) == "AB" * 3
+    assert "".join(log) == "AB" + "BA" + "AB"
     assert [len(s) for s in timing.samples_ms] == [3, 3]
 
 
@@ -108,7 +108,7 @@ def test_run_benchmark_interleaves_any_backend(tmp_path: Path, monkeypatch: pyte
     result = run_benchmark(paths, batches=(2,), runs=4, warmup=1, memory=False, progress=False)
     batch2 = [stem for stem, batch in FakeBackend.calls if batch == 2]
     # warm-up of the runtime (reference), first runs, then 1 warm-up and 4 timed rounds interleaved
-    assert "".join(batch2[-10:]) == "ab" * 5
+    assert "".join(batch2[-10:]) == "ab" + "ab" + "ba" + "ab" + "ba"  # 1 warm-up, 4 timed rounds rotating
     assert [r["model"] for r in result["results"]] == ["a.fake", "b.fake"]
     assert result["models"][1]["format"] == "fake"
     assert result["results"][1]["ratios"]["params"] == 1.0

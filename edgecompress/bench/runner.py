@@ -1,8 +1,9 @@
 """Timing and memory: interleaved timed runs, and a peak-memory probe in a fresh child process.
 
-Timing: every model is warmed up, then the models run interleaved, one run each per round
-(A B A B ...), so drift of the machine (frequency, temperature, other load) hits all of them
-equally. The garbage collector is paused while timing.
+Timing: every model is warmed up, then the models run interleaved, one run each per round, the
+order rotating by one each round (A B, B A, A B ... for two models), so drift of the machine
+(frequency, temperature, other load) and any cost of running first or right after another model
+hit all of them equally. The garbage collector is paused while timing.
 
 Memory: like TFLite's benchmark_model, each model is loaded and run in a fresh Python process
 that first imports only the runtime; the probe reports that process's peak resident set size
@@ -44,7 +45,8 @@ class Timing:
 def interleave(fns: Sequence[Callable[[], object]], *, runs: int | None = None, seconds: float | None = None,
                warmup: int = 0, clock: Clock = time.perf_counter,
                on_round: Callable[[int, float], None] | None = None) -> Timing:
-    """Warm up, then time ``fns`` round-robin until ``runs`` rounds or ``seconds`` elapsed.
+    """Warm up, then time ``fns`` round-robin until ``runs`` rounds or ``seconds`` elapsed; timed
+    round ``k`` starts with function ``k mod len(fns)`` so each takes every position equally often.
 
     Args:
         fns: one zero-argument callable per model (e.g. ``lambda: backend.run(feeds)``).
@@ -67,9 +69,10 @@ def interleave(fns: Sequence[Callable[[], object]], *, runs: int | None = None, 
         start = clock()
         done = 0
         while runs is None or done < runs:
-            for i, fn in enumerate(fns):
+            for offset in range(len(fns)):
+                i = (done + offset) % len(fns)
                 t0 = clock()
-                fn()
+                fns[i]()
                 t1 = clock()
                 timing.samples_ms[i].append((t1 - t0) * 1000.0)
                 timing.schedule.append(("timed", i))

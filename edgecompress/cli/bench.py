@@ -52,8 +52,8 @@ BENCH_HELP = """Benchmark ONNX models in onnxruntime; the first model is the ref
 For each model and batch size: latency p50/p90/p99/min/mean (ms), samples/s, session init and
 first-inference time, peak memory (fresh process per model), file size, parameters, accuracy and
 macro-F1 (with --data labels), top-1 agreement and max output difference vs the reference, and
-every figure's ratio to the reference. Models run interleaved (A B A B ...) after a warm-up.
-Needs only the runtime (no torch).
+every figure's ratio to the reference. Models run interleaved after a warm-up, the order
+rotating each round (A B, B A, ...). Needs only the runtime (no torch).
 
 \b
 Examples:
