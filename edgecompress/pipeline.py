@@ -177,14 +177,25 @@ def _validation_split(config: BuildConfig, input_shape: tuple[int, ...]) -> Data
     return data
 
 
-def _onnx_size(model: nn.Module, input_shape: tuple[int, ...], config: BuildConfig) -> int:
-    """Bytes of ``model`` exported (and simplified) as the build would write it."""
-    with tempfile.TemporaryDirectory(prefix="edgecompress-size-") as folder:
-        path = Path(folder) / "candidate.onnx"
-        onnx_export.export_onnx(model, input_shape, path, opset=config.opset)
-        if config.simplify:
-            onnx_export.simplify_onnx(path)
-        return path.stat().st_size
+def size_measure(config: BuildConfig, input_shape: tuple[int, ...]) -> Callable[[nn.Module], int]:
+    """What ``--target-size`` is about: bytes of a candidate exported (and simplified) as the build
+    writes it, quantized the build's way with ``--quantize int8`` (the file that gets deployed)."""
+    quantize = config.quantize == "int8" and config.target_size is not None
+    calibration = _calibration_inputs(config, input_shape) if quantize else None
+
+    def size_of(model: nn.Module) -> int:
+        with tempfile.TemporaryDirectory(prefix="edgecompress-size-") as folder:
+            path = Path(folder) / "candidate.onnx"
+            onnx_export.export_onnx(model, input_shape, path, opset=config.opset)
+            if config.simplify:
+                onnx_export.simplify_onnx(path)
+            if quantize:
+                quantized = Path(folder) / "candidate.int8.onnx"
+                int8_export.quantize_onnx(path, quantized, calibration=calibration)
+                path = quantized
+            return path.stat().st_size
+
+    return size_of
 
 
 def layer_statistics(model: nn.Module, data: Dataset, names: list[str], *, keep_inputs: int = 0,
@@ -236,9 +247,11 @@ def _compress_stage(config: BuildConfig, model: nn.Module, input_shape: tuple[in
             model, config.policy, spectra, budget, context=context, allocation=config.allocation,
             confidence=config.confidence, inputs=inputs,
             evaluate=None if validation is None else (lambda m: torch_outputs(m, validation.x).argmax(-1) == validation.y),
-            size_of=lambda m: _onnx_size(m, input_shape, config))
+            size_of=size_measure(config, input_shape))
         compressed, plan = result.model, result.plan
         record["search"] = result.record
+        if budget.target_size is not None:
+            record["search"]["budget"]["measures"] = "int8 ONNX" if config.quantize == "int8" else "ONNX"
     if "calibration" in record:
         record["calibration"]["relative_error"] = data_errors(context, plan.ranks)
     if "ddlr_convex" in context.extras:

@@ -82,7 +82,7 @@ def parse_size(text: str | None) -> int | None:
 @click.option("--max-accuracy-drop", type=float, default=None, help="Budget mode: max accuracy drop in points on --eval-split.")
 @click.option("--eval-split", default=None, help="Budget mode: validation data (never the test set).")
 @click.option("--target-params", type=float, default=None, help="Budget mode: fraction of the Linear parameters to keep.")
-@click.option("--target-size", "target_size_text", default=None, help="Budget mode: max compressed file size, e.g. '400 KB'.")
+@click.option("--target-size", "target_size_text", default=None, help="Budget mode: max compressed ONNX file size (the int8 file with --quantize int8), e.g. '400 KB'.")
 @click.option("--round-to", type=int, default=1, help="Round ranks up to a multiple of K.")
 @click.option("--allocation", type=click.Choice(["auto", "threshold", "sensitivity"]), default="auto",
               help="Budget mode: share ranks by one error threshold, or by measured output sensitivity (needs "
