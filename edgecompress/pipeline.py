@@ -33,7 +33,7 @@ from edgecompress.lowrank.factorize import (CompressionPlan, compress, excluded_
                                             with_unplanned_layers)
 from edgecompress.lowrank.finetune import TrainingReport, finetune, phase_settings
 from edgecompress.lowrank.policies import PolicyContext, RankPolicy, UniformPolicy
-from edgecompress.lowrank.spectrum import model_spectra
+from edgecompress.lowrank.spectrum import HEAD_KEPT_REASON, exclude_head, model_spectra
 from edgecompress.lowrank.training import FINETUNE_EPOCHS, SVD_EPOCHS, SvdTrainingPolicy, svd_train
 from edgecompress.models import CACHE_DIR
 from edgecompress.bench.metrics import accuracy, macro_f1, top1
@@ -54,6 +54,7 @@ class BuildConfig:
     factory: str | None = None
     allow_pickle: bool = False
     exclude: str | None = None
+    keep_head: bool = True  # the last selected Linear stays dense (--compress-head: False)
     opset: int = onnx_export.DEFAULT_OPSET
     simplify: bool = True
     eval_data: str | None = None
@@ -211,6 +212,12 @@ def calibration_data(spec: str, samples: int, input_shape: tuple[int, ...]) -> D
     return _model_dataset(spec, "train", samples, input_shape, "calibration")
 
 
+def whole_model_plan(plan: CompressionPlan, model: nn.Module, config: BuildConfig) -> CompressionPlan:
+    """``plan`` (of the selected layers) plus the kept-dense head and the ``--exclude``'d layers."""
+    plan = with_unplanned_layers(plan, model, HEAD_KEPT_REASON, exclude=config.exclude)
+    return with_unplanned_layers(plan, model, excluded_reason(config.exclude))
+
+
 def _compress_stage(config: BuildConfig, model: nn.Module, input_shape: tuple[int, ...],
                     progress: Progress | None) -> tuple[nn.Module, CompressionPlan, dict[str, Any]]:
     """Spectra, calibration (data policies), then the policy's ranks or the budget search.
@@ -218,7 +225,7 @@ def _compress_stage(config: BuildConfig, model: nn.Module, input_shape: tuple[in
     Returns the compressed model, its plan, and extra build.json sections (``calibration``,
     ``search``, ``ddlr_convex``).
     """
-    spectra = model_spectra(model, config.exclude)
+    spectra = model_spectra(model, exclude_head(model, config.exclude) if config.keep_head else config.exclude)
     context = PolicyContext(progress=progress is not None, on_progress=progress, round_to=config.round_to)
     record: dict[str, Any] = {}
     targets = (config.max_accuracy_drop, config.target_params, config.target_size)
@@ -240,7 +247,7 @@ def _compress_stage(config: BuildConfig, model: nn.Module, input_shape: tuple[in
         context.calibration = calibration.layers
         record["calibration"] = calibration.to_json()
     if budget is None:
-        compressed, plan = compress(model, config.policy, exclude=config.exclude, context=context, spectra=spectra)
+        compressed, plan = compress(model, config.policy, context=context, spectra=spectra)
     else:
         inputs = validation.x if validation is not None else calib.x if calib is not None else None
         result = budget_compress(
@@ -256,7 +263,7 @@ def _compress_stage(config: BuildConfig, model: nn.Module, input_shape: tuple[in
         record["calibration"]["relative_error"] = data_errors(context, plan.ranks)
     if "ddlr_convex" in context.extras:
         record["ddlr_convex"] = context.extras["ddlr_convex"]
-    return compressed, plan, record
+    return compressed, whole_model_plan(plan, model, config), record
 
 
 def evaluate_runner(runner: Callable[[np.ndarray], np.ndarray], data: Dataset) -> dict[str, Any]:
@@ -398,7 +405,7 @@ def _train_stage(config: BuildConfig, dense: nn.Module, input_shape: tuple[int, 
         small, plan, report = svd_train(
             dense, train, val, config.policy, settings=settings, exclude=config.exclude, checkpoints=checkpoints,
             finetune_settings=replace(settings, epochs=finetune_epochs) if finetune_epochs else None, progress=progress)
-        return small, plan, report.to_json()
+        return small, whole_model_plan(plan, dense, config), report.to_json()
     assert compressed is not None and plan is not None
     result = finetune(compressed, train, val, teacher=dense, settings=settings,
                       checkpoint=checkpoints / "finetune-best.pt", progress=progress)
@@ -448,8 +455,6 @@ def build(config: BuildConfig, progress: Progress | None = None) -> BuildResult:
         with timings.stage("train", progress):
             compressed, plan, ranks_record["training"] = _train_stage(config, loaded.module, input_shape,
                                                                       progress is not None, compressed, plan)
-    if config.exclude and plan is not None:  # budget search and training plan only the selected layers
-        plan = with_unplanned_layers(plan, loaded.module, excluded_reason(config.exclude))
     checks = [(random_inputs(input_shape, config.verify_samples, config.seed), "random")]
     if eval_data is not None:
         checks.append((eval_data.x, "eval"))
@@ -478,6 +483,7 @@ def build(config: BuildConfig, progress: Progress | None = None) -> BuildResult:
             **plan.to_json(),
             **ranks_record,
             "options": {"targets": list(config.targets), "opset": config.opset, "exclude": config.exclude,
+                        "keep_head": getattr(config.policy, "keep_head", config.keep_head),
                         "simplify": config.simplify, "seed": config.seed, "quantize": config.quantize,
                         "tflite_batch": config.batch if "tflite" in config.targets else None},
             "artifacts": artifacts,

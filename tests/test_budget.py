@@ -181,7 +181,8 @@ def test_build_budget_mode_records_the_search(digits_pt2: Path, tmp_path: Path, 
     search = record["search"]
     assert search["budget"] == {"kind": "accuracy", "max_accuracy_drop": 1.0}
     assert search["result"]["meets"] and search["result"]["bound"] <= 1.0
-    assert search["ranks"] == {layer["name"]: layer["rank"] for layer in record["layers"]}
+    assert search["ranks"] == {layer["name"]: layer["rank"] for layer in record["layers"] if layer["name"] != "4"}
+    assert record["layers"][-1]["name"] == "4" and "head" in record["layers"][-1]["reason"]  # kept dense, not searched
     assert all(rank is None or rank % 4 == 0 for rank in search["ranks"].values())
     assert set(search["table"]) == set(search["ranks"]) and search["path"]
     assert record["calibration"]["dataset"].startswith("digits:train")

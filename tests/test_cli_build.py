@@ -34,7 +34,8 @@ def test_build_writes_artifacts_and_build_json(small_mlp_pt2: Path, tmp_path: Pa
     assert sorted(p.name for p in out.iterdir()) == ["build.json", "small.dense.onnx", "small.onnx"]
     record = json.loads((out / "build.json").read_text())
     assert record["totals"]["linear_params_after"] < record["totals"]["linear_params_before"]
-    assert [layer["rank"] for layer in record["layers"]] == [8, 8, 8]
+    assert [layer["rank"] for layer in record["layers"]] == [8, 8, None]  # the classifier head stays dense
+    assert "--compress-head" in record["layers"][2]["reason"] and record["options"]["keep_head"] is True
     for role in ("dense", "compressed"):
         artifact = record["artifacts"][role]
         assert all(check["passed"] for check in artifact["verification"])
@@ -46,12 +47,12 @@ def test_build_writes_artifacts_and_build_json(small_mlp_pt2: Path, tmp_path: Pa
 def test_build_is_deterministic(small_mlp_pt2: Path, tmp_path: Path, capsys) -> None:
     for name in ("a", "b"):
         code, _, _ = run_cli(["build", str(small_mlp_pt2), "--policy", "energy", "--energy", "0.8", "--quiet",
-                              "--out", str(tmp_path / name)], capsys)
+                              "--compress-head", "--out", str(tmp_path / name)], capsys)
         assert code == 0
     for file in ("small.onnx", "small.dense.onnx"):
         assert (tmp_path / "a" / file).read_bytes() == (tmp_path / "b" / file).read_bytes()
     ranks = [json.loads((tmp_path / n / "build.json").read_text())["layers"] for n in "ab"]
-    assert ranks[0] == ranks[1]
+    assert ranks[0] == ranks[1] and all(layer["factorized"] for layer in ranks[0])  # --compress-head: the head too
 
 
 def test_json_to_stdout(small_mlp_pt2: Path, tmp_path: Path, capsys) -> None:

@@ -4,7 +4,7 @@ from torch import nn
 
 from edgecompress.lowrank.factorize import LowRankLinear, compress, count_linear_params
 from edgecompress.lowrank.policies import EnergyPolicy, UniformPolicy
-from edgecompress.lowrank.spectrum import model_spectra
+from edgecompress.lowrank.spectrum import exclude_head, model_spectra
 
 
 class Attention(nn.Module):
@@ -120,3 +120,11 @@ def test_exclude_keeps_matching_layers_dense() -> None:
     assert plan.linear_params_before == count_linear_params(model)  # totals cover the excluded layer too
     assert plan.linear_params_after == count_linear_params(compressed)
     assert compressed(torch.randn(3, 1, 8, 8)).shape == (3, 10)
+
+
+def test_exclude_head_names_the_last_selected_linear_only_when_there_are_two() -> None:
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3))
+    assert exclude_head(model, None) == "^4$"
+    assert exclude_head(model, "^4$") == "^2$|^4$"  # the last layer still selected becomes the head
+    assert exclude_head(nn.Sequential(nn.Linear(8, 3)), None) is None  # a lone layer is the whole model: compress it
+    assert list(model_spectra(model, exclude_head(model, None))) == ["0", "2"]

@@ -14,7 +14,7 @@ from edgecompress.errors import InputError
 POLICY_NAMES = ["energy", "entropy", "uniform", "data", "ddlr-convex", "svd-training"]
 TARGETS = ("onnx", "tflite")
 SPARSITY_CHOICES = ("hoyer", "l1")
-SVD_POLICY_FLAGS = ("sparsity", "lambda_orth", "lambda_sparsity", "prune_energy", "keep_head")  # SvdTrainingPolicy
+SVD_POLICY_FLAGS = ("sparsity", "lambda_orth", "lambda_sparsity", "prune_energy")  # SvdTrainingPolicy
 
 
 def parse_targets(text: str) -> tuple[str, ...]:
@@ -70,6 +70,9 @@ def parse_size(text: str | None) -> int | None:
 @click.option("--no-refit", is_flag=True, help="ddlr-convex: keep the convex solution's own (shrunk) weights instead of "
                                                "the closed-form data-aware factors at its rank.")
 @click.option("--exclude", default=None, help="Regex on layer names to keep dense, e.g. 'head|classifier'.")
+@click.option("--compress-head", is_flag=True,
+              help="Also compress the last Linear layer (the classifier head; kept dense by default: "
+                   "a 10-row head saves little and its truncation costs much accuracy).")
 @click.option("--opset", type=int, default=18, help="ONNX opset (18 or higher).")
 @click.option("--no-simplify", is_flag=True, help="Skip onnxsim.")
 @click.option("--eval", "eval_data", default=None, help="Labelled data for accuracy: .npz (x, y), IDX folder, or 'digits'.")
@@ -110,8 +113,6 @@ def parse_size(text: str | None) -> int | None:
               help="svd-training: weight of the sparsity term.  [default: 0.3]")
 @click.option("--prune-energy", type=float, default=None,
               help="svd-training: prune each layer keeping energy >= 1 - e of sum(s^2).  [default: 0.1]")
-@click.option("--compress-head", "keep_head", flag_value=False, default=None,
-              help="svd-training: also train and prune the last Linear layer (kept dense by default).")
 @click.option("--quantize", type=click.Choice(["int8"]), default=None,
               help="Also write <name>.int8.onnx (weight-only dynamic; static QDQ with --calib) / <name>.int8.tflite (dynamic range).")
 @click.option("--int8-agreement", type=float, default=0.98, help="int8: min top-1 agreement with the fp32 model on data inputs.")
@@ -123,7 +124,7 @@ def parse_size(text: str | None) -> int | None:
 @click.option("--quiet", "-q", is_flag=True, help="No progress, no tables.")
 def build(model: Path, target_text: str, out: Path, name: str | None, input_shape: str | None, factory: str | None,
           allow_pickle: bool, policy: str, threshold: float, rank: int, scale: float, max_error: float, no_refit: bool,
-          exclude: str | None, opset: int, no_simplify: bool, eval_data: str | None, eval_samples: int | None,
+          exclude: str | None, compress_head: bool, opset: int, no_simplify: bool, eval_data: str | None, eval_samples: int | None,
           verify_samples: int, atol: float, rtol: float, calib_data: str | None, calib_samples: int,
           max_accuracy_drop: float | None, eval_split: str | None, target_params: float | None,
           target_size_text: str | None, round_to: int, allocation: str, confidence: float, finetune_data: str | None, train_data: str | None,
@@ -153,8 +154,9 @@ def build(model: Path, target_text: str, out: Path, name: str | None, input_shap
     config = BuildConfig(
         model=model, out=out, name=name, targets=parse_targets(target_text),
         input_shape=parse_shape(input_shape) if input_shape else None, factory=factory, allow_pickle=allow_pickle,
-        policy=make_policy(policy, rank=rank, threshold=threshold, scale=scale, max_error=max_error, refit=not no_refit, **svd_options),
-        exclude=exclude, opset=opset, simplify=not no_simplify, eval_data=eval_data, eval_samples=eval_samples,
+        policy=make_policy(policy, rank=rank, threshold=threshold, scale=scale, max_error=max_error, refit=not no_refit,
+                           keep_head=not compress_head, **svd_options),
+        exclude=exclude, keep_head=not compress_head, opset=opset, simplify=not no_simplify, eval_data=eval_data, eval_samples=eval_samples,
         verify_samples=verify_samples, tolerance=Tolerance(atol=atol, rtol=rtol), seed=seed,
         calib_data=calib_data, calib_samples=calib_samples, max_accuracy_drop=max_accuracy_drop,
         eval_split=eval_split, target_params=target_params, target_size=parse_size(target_size_text),

@@ -69,6 +69,19 @@ def linear_layers(model: nn.Module, exclude: str | None = None) -> dict[str, nn.
             if isinstance(module, nn.Linear) and not (pattern and pattern.search(name))}
 
 
+HEAD_KEPT_REASON = "classifier head (the last Linear) kept dense; --compress-head includes it"
+
+
+def exclude_head(model: nn.Module, exclude: str | None) -> str | None:
+    """``exclude`` plus the exact name of the last selected Linear layer (the classifier head), when
+    at least two layers are selected: truncating a 10-row head saves little and costs much."""
+    names = list(linear_layers(model, exclude))
+    if len(names) < 2:
+        return exclude
+    head = f"^{re.escape(names[-1])}$"
+    return f"{head}|{exclude}" if exclude else head
+
+
 def layer_spectrum(name: str, linear: nn.Linear) -> LayerSpectrum:
     """SVD of one layer in float64 (deterministic on a given machine)."""
     weight = linear.weight.detach().to(torch.float64)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import math
-import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar
@@ -30,7 +29,7 @@ from edgecompress.lowrank.factorize import CompressionPlan, apply_ranks, with_un
 from edgecompress.lowrank.finetune import (Hooks, TrainingReport, TrainSettings, accuracy_of, fit, teacher_outputs,
                                           torch_threads)
 from edgecompress.lowrank.policies import EnergyPolicy, PolicyContext, RankPolicy, register
-from edgecompress.lowrank.spectrum import LayerSpectrum, linear_layers
+from edgecompress.lowrank.spectrum import HEAD_KEPT_REASON, LayerSpectrum, exclude_head, linear_layers
 
 SPARSITY = ("hoyer", "l1")
 SVD_EPOCHS = 2  # epochs of the regularized phase (the build's default)
@@ -245,11 +244,7 @@ class SvdTrainingPolicy(RankPolicy):
 
     def exclude(self, model: nn.Module, exclude: str | None) -> str | None:
         """``exclude`` plus, with ``keep_head``, the last selected Linear layer's exact name."""
-        names = list(linear_layers(model, exclude))
-        if not (self.keep_head and names):
-            return exclude
-        head = f"^{re.escape(names[-1])}$"
-        return f"{head}|{exclude}" if exclude else head
+        return exclude_head(model, exclude) if self.keep_head else exclude
 
     def regularizer(self, model: nn.Module) -> torch.Tensor:
         """This policy's :func:`svd_regularizer` of ``model``."""
@@ -295,7 +290,7 @@ class SvdTrainingHooks(Hooks):
 def _with_kept_head(plan: CompressionPlan, dense: nn.Module, exclude: str | None) -> CompressionPlan:
     """The plan plus a "kept dense" entry for each selected Linear that SVD training left alone (the
     head, with ``keep_head``), in module order, so the parameter totals cover every selected layer."""
-    return with_unplanned_layers(plan, dense, "classifier head kept dense (svd-training keep_head)", exclude=exclude)
+    return with_unplanned_layers(plan, dense, HEAD_KEPT_REASON, exclude=exclude)
 
 
 def svd_train(model: nn.Module, train: Dataset, val: Dataset, policy: SvdTrainingPolicy | None = None, *,
