@@ -111,6 +111,7 @@ def main() -> None:
         record = {"rows": rows, "calib_samples": CALIB_SAMPLES, "max_iter": args.max_iter,
                   "provenance": provenance.collect()}
         args.out.write_text(json.dumps(record, indent=1) + "\n")
+        args.out.with_suffix(".md").write_text(f"# DDLR convex vs closed form at equal size\n\n{markdown(rows)}\n")
     print(markdown(rows))
 
 

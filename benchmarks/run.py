@@ -97,7 +97,7 @@ def notes(missing: dict[str, str], failed: dict[str, str], rows: list[dict[str, 
     found += [f"Not measured: **{name}** — {reason}." for name, reason in missing.items()]
     found += [f"FAILED: **{name}** — {message} (its rows are missing)." for name, message in failed.items()]
     found += [row["meta"]["note"] for row in rows if row["meta"].get("note")]
-    return found
+    return list(dict.fromkeys(found))  # one solve can annotate several rows
 
 
 def run_setup(setup: Setup, settings: Settings, names: list[str], out: Path, is_smoke: bool) -> bool:
