@@ -33,6 +33,7 @@ def test_json_without_calibration(small_mlp_pt2: Path, capsys) -> None:
         assert layer["suggested"]["energy"] == EnergyPolicy(0.9).rank_for(spectrum, PolicyContext())
         assert "data" not in layer["suggested"] and layer["break_even_rank"] == spectrum.break_even_rank
         assert len(layer["singular_values"]) == spectrum.max_rank
+    assert [layer["head"] for layer in record["layers"]] == [False] * (len(spectra) - 1) + [True]
 
 
 def test_data_error_and_suggested_data_rank(small_mlp_pt2: Path, tmp_path: Path, capsys) -> None:

@@ -45,7 +45,7 @@ def analysis(model_path: Path, *, factory: str | None, allow_pickle: bool, input
     from edgecompress.lowrank.data_policies import DataPolicy, data_spectra
     from edgecompress.lowrank.factorize import round_ranks
     from edgecompress.lowrank.policies import EnergyPolicy, EntropyPolicy, PolicyContext
-    from edgecompress.lowrank.spectrum import model_spectra
+    from edgecompress.lowrank.spectrum import head_name, model_spectra
     from edgecompress.pipeline import calibration_data, layer_statistics, resolve_input_shape
 
     loaded = load_model(model_path, factory=factory, allow_pickle=allow_pickle)
@@ -69,6 +69,7 @@ def analysis(model_path: Path, *, factory: str | None, allow_pickle: bool, input
         decompositions = data_spectra(spectra, context)
         suggested["data"] = DataPolicy(max_error).plan(spectra, context)
     suggested = {policy: round_ranks(plan, spectra, round_to) for policy, plan in suggested.items()}
+    head = head_name(loaded.module, exclude)
     layers = []
     for name, spectrum in spectra.items():
         picks = {policy: plan[name] for policy, plan in suggested.items()}
@@ -90,7 +91,7 @@ def analysis(model_path: Path, *, factory: str | None, allow_pickle: bool, input
                                      if name in decompositions else None),
             "data_error_curve": ([round(v, 6) for v in decompositions[name].error_curve().tolist()]
                                  if name in decompositions else None),
-            "suggested": picks, "rows": rows,
+            "suggested": picks, "rows": rows, "head": name == head,
         })
     return {
         "schema": "edgecompress.analyze/1", "model": str(model_path), "input_shape": list(shape),
@@ -104,7 +105,8 @@ def analysis(model_path: Path, *, factory: str | None, allow_pickle: bool, input
 def layer_table(layer: dict[str, Any]) -> Table:
     """One table per layer: rank, params, energy kept, weight error, data error."""
     title = (f"{layer['name'] or '(root)'}: {layer['out_features']}×{layer['in_features']}, "
-             f"break-even rank {layer['break_even_rank']}")
+             f"break-even rank {layer['break_even_rank']}"
+             + (" — the classifier head: build keeps it dense unless --compress-head" if layer.get("head") else ""))
     table = Table(title=title, title_justify="left")
     columns = ["rank", "params", "energy kept", "weight error"]
     has_data = layer["data_error_curve"] is not None

@@ -72,14 +72,20 @@ def linear_layers(model: nn.Module, exclude: str | None = None) -> dict[str, nn.
 HEAD_KEPT_REASON = "classifier head (the last Linear) kept dense; --compress-head includes it"
 
 
-def exclude_head(model: nn.Module, exclude: str | None) -> str | None:
-    """``exclude`` plus the exact name of the last selected Linear layer (the classifier head), when
-    at least two layers are selected: truncating a 10-row head saves little and costs much."""
+def head_name(model: nn.Module, exclude: str | None = None) -> str | None:
+    """The last selected Linear layer (the classifier head), when at least two are selected."""
     names = list(linear_layers(model, exclude))
-    if len(names) < 2:
+    return names[-1] if len(names) >= 2 else None
+
+
+def exclude_head(model: nn.Module, exclude: str | None) -> str | None:
+    """``exclude`` plus the exact name of :func:`head_name`: truncating a 10-row head saves little
+    and costs much."""
+    head = head_name(model, exclude)
+    if head is None:
         return exclude
-    head = f"^{re.escape(names[-1])}$"
-    return f"{head}|{exclude}" if exclude else head
+    pattern = f"^{re.escape(head)}$"
+    return f"{pattern}|{exclude}" if exclude else pattern
 
 
 def layer_spectrum(name: str, linear: nn.Linear) -> LayerSpectrum:
