@@ -113,6 +113,8 @@ def _lift_linears(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
     for key, hook in list(gm._forward_pre_hooks.items()):
         if "check_input_constraints" in getattr(hook, "__name__", ""):
             del gm._forward_pre_hooks[key]  # same reason: the exported batch size is not a constraint of ours
+    for method in ("train", "eval"):  # torch.export's module() makes these raise; fine-tuning needs them, and
+        gm.__dict__.pop(method, None)  # they only flip flags: the graph's ops were fixed at export time
     gm.recompile()
     return gm
 

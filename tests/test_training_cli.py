@@ -139,3 +139,15 @@ def test_ctrl_c_exits_130_and_says_where_the_checkpoint_is(digits_weights: Path,
     assert set(torch.load(checkpoint, weights_only=True)["state_dict"]) == {
         "0.first.weight", "0.second.weight", "0.second.bias", "2.first.weight", "2.second.weight", "2.second.bias",
         "4.weight", "4.bias"}
+
+
+@pytest.mark.parametrize("method", [["--policy", "uniform", "--rank", "4", "--finetune", "digits"],
+                                    ["--policy", "svd-training", "--train", "digits", "--finetune-epochs", "1"]])
+def test_training_a_torch_export_program(small_mlp_pt2: Path, tmp_path: Path, capsys, method: list[str]) -> None:
+    """A .pt2's module comes from torch.export with train()/eval() that raise; training must still work."""
+    out = tmp_path / "out"
+    code, err = run_build([str(small_mlp_pt2), *method, "--epochs", "1", "--out", str(out), "--quiet"], capsys)
+    assert code == 0, err
+    record = json.loads((out / "build.json").read_text())
+    assert record["training"]["phases"][0]["epochs"][1]["loss"] is not None
+    assert all(check["passed"] for check in record["artifacts"]["compressed"]["verification"])

@@ -86,7 +86,8 @@ def training_lines(record: dict[str, Any]) -> list[str]:
     for phase in training["phases"]:
         epochs = phase["epochs"]
         lines.append(f"  {phase['phase']}: {len(epochs) - 1} epoch(s), val accuracy {_pct(epochs[0]['val_accuracy'])} "
-                     f"→ {_pct(phase['best_val_accuracy'])} (epoch {phase['best_epoch']} kept), {phase['seconds']:.1f} s")
+                     f"→ {_pct(phase['best_val_accuracy'])} (epoch {phase['best_epoch']} kept), "
+                     f"{phase['seconds']:.{1 if phase['seconds'] >= 1 else 2}f} s")
     ranks = training.get("ranks", {})
     steps = [(label, ranks[key]) for key, label in (("decomposed", "decomposed"), ("before_pruning", "before pruning"),
                                                    ("after_pruning", "after pruning")) if key in ranks]

@@ -127,6 +127,13 @@ def layer_plan(spectrum: LayerSpectrum, rank: int | None, source: Any = None) ->
                      round(energy, 6), spectrum.dense_params, after, reason)
 
 
+def copy_module(model: nn.Module) -> nn.Module:
+    """A deep copy, without torch.fx's pytree deprecation warning that copying a GraphModule prints."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        return copy.deepcopy(model)
+
+
 def with_unplanned_layers(plan: CompressionPlan, model: nn.Module, reason: str, *,
                           exclude: str | None = None) -> CompressionPlan:
     """``plan`` plus a kept-dense entry (``reason``) for each Linear of ``model`` (outside ``exclude``)
@@ -149,9 +156,7 @@ def apply_ranks(model: nn.Module, spectra: dict[str, LayerSpectrum], ranks: dict
     ``factors`` maps layer names to sources with ``factors(rank) -> (first, second)`` that replace
     the truncated SVD of those layers (data-aware or convex solutions).
     """
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # torch.fx pytree deprecation noise on deepcopy
-        new_model = copy.deepcopy(model)
+    new_model = copy_module(model)
     layers = linear_layers(new_model)
     plans = []
     for name, spectrum in spectra.items():

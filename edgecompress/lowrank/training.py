@@ -14,7 +14,6 @@ For your own training loop::
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -25,7 +24,7 @@ from torch import nn
 
 from edgecompress.data import Dataset
 from edgecompress.errors import InputError
-from edgecompress.lowrank.factorize import CompressionPlan, apply_ranks, with_unplanned_layers
+from edgecompress.lowrank.factorize import CompressionPlan, apply_ranks, copy_module, with_unplanned_layers
 from edgecompress.lowrank.finetune import (Hooks, TrainingReport, TrainSettings, accuracy_of, fit, teacher_outputs,
                                           torch_threads)
 from edgecompress.lowrank.policies import EnergyPolicy, PolicyContext, RankPolicy, register
@@ -192,7 +191,7 @@ def to_low_rank(model: nn.Module, policy: dict[str, Any] | None = None) -> tuple
     ``energy_kept`` in the plan is measured against the trained, unpruned spectrum when the layer was
     pruned by :func:`prune_singular_values_` (else 1.0).
     """
-    dense = copy.deepcopy(model)
+    dense = copy_module(model)
     layers = svd_layers(dense)
     if not layers:
         raise InputError("the model has no SVDLinear layer: call decompose_(model) and train it first")
@@ -277,7 +276,7 @@ class SvdTrainingHooks(Hooks):
         return total_rank(model, self.policy.prune_energy)
 
     def evaluate(self, model: nn.Module, data: Dataset) -> float:
-        pruned = copy.deepcopy(model)
+        pruned = copy_module(model)
         prune_singular_values_(pruned, self.policy.prune_energy)
         return accuracy_of(pruned, data)
 
@@ -326,7 +325,7 @@ def _svd_train(model: nn.Module, train: Dataset, val: Dataset, policy: SvdTraini
                finetune_settings: TrainSettings | None, exclude: str | None, checkpoints: Path | None,
                progress: bool) -> tuple[nn.Module, CompressionPlan, TrainingReport]:
     """:func:`svd_train` after its defaults are resolved."""
-    work = copy.deepcopy(model)
+    work = copy_module(model)
     layers = decompose_(work, exclude=policy.exclude(work, exclude))
     decomposed = {name: layer.rank for name, layer in layers.items()}
     distill = settings.distill_weight > 0 or (finetune_settings is not None and finetune_settings.distill_weight > 0)
