@@ -25,6 +25,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from methods import closest, ranks_params, uniform_ranks  # noqa: E402
 from report import paired, verdict  # noqa: E402
 from setups import setups, trained_model  # noqa: E402
 
@@ -43,17 +44,11 @@ def predict(model: nn.Module, x: np.ndarray) -> np.ndarray:
 
 
 def closest_uniform(model: nn.Module, spectra: dict, target: int) -> tuple[int, nn.Module, int]:
-    """The uniform rank whose Linear parameter count is closest to ``target``."""
-    best = None
-    for rank in range(1, max(s.max_rank for s in spectra.values()) + 1):
-        compressed, plan = compress(model, UniformPolicy(rank), spectra=spectra)
-        gap = abs(plan.linear_params_after - target)
-        if best is None or gap < best[0]:
-            best = (gap, rank, compressed, plan.linear_params_after)
-        if plan.linear_params_after > target:
-            break
-    assert best is not None
-    return best[1], best[2], best[3]
+    """The uniform rank whose Linear parameter count is closest to ``target`` (as run.py matches)."""
+    ranks = range(1, max(s.max_rank for s in spectra.values()) + 1)
+    rank = closest(((r, ranks_params(spectra, uniform_ranks(spectra, r))) for r in ranks), target)
+    compressed, plan = compress(model, UniformPolicy(rank), spectra=spectra)
+    return rank, compressed, plan.linear_params_after
 
 
 def one_dataset(name: str) -> dict[str, Any]:

@@ -186,10 +186,3 @@ def hold_out(data: Dataset, fraction: float = 0.1) -> tuple[Dataset, Dataset]:
 
     return part(slice(None, -n_val), f":-{n_val}"), part(slice(-n_val, None), f"-{n_val}:")
 
-
-def train_val(spec: str, val: str | None = None, fraction: float = 0.1) -> tuple[Dataset, Dataset]:
-    """Training and validation data for fine-tuning: the spec's ``train`` split and ``val`` (or its
-    ``val`` split; for a single file, its last ``fraction`` held out)."""
-    train = load_dataset(spec, default_split="train")
-    val = val or validation_spec(spec)
-    return (train, load_dataset(val, default_split="val")) if val else hold_out(train, fraction)

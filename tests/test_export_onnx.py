@@ -107,9 +107,9 @@ def test_refold_guard_counts_shapes_instead_of_matching_them() -> None:
     check_weight_shapes(file_shapes, plan, where="ok")
     with pytest.raises(RefoldError, match="head"):  # one more 10x1024 matrix than the model has
         check_weight_shapes(file_shapes + [(1024, 10)], plan, where="refolded")
-    # a dense layer excluded from the plan with a factorized layer's shape (q factorized, k kept dense)
-    plan = CompressionPlan({"name": "test"}, (layer("q", 48, 48, 8),))
+    # a kept-dense layer with a factorized layer's dense shape (q factorized, k kept dense)
+    plan = CompressionPlan({"name": "test"}, (layer("q", 48, 48, 8), layer("k", 48, 48, None)))
     model_shapes = [(8, 48), (48, 8), (48, 48)]
-    check_weight_shapes(model_shapes, plan, where="ok", expected=model_shapes)
-    with pytest.raises(RefoldError):
-        check_weight_shapes(model_shapes, plan, where="no expected shapes given")
+    check_weight_shapes(model_shapes, plan, where="ok")
+    with pytest.raises(RefoldError):  # a plan that leaves k out cannot tell k's weight from a refold
+        check_weight_shapes(model_shapes, CompressionPlan({"name": "test"}, plan.layers[:1]), where="k not in plan")

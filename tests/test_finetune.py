@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from edgecompress.data import Dataset, load_dataset, train_val
+from edgecompress.data import Dataset, load_dataset
 from edgecompress.errors import InputError, TrainingError
 from edgecompress.export.onnx import check_factors_kept, export_onnx
 from edgecompress.export.verify import Tolerance, ort_runner, torch_outputs, verify
@@ -37,8 +37,7 @@ def one_thread() -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def digits() -> tuple[Dataset, Dataset, Dataset]:
-    train, val = train_val("digits")
-    return train, val, load_dataset("digits:test")
+    return load_dataset("digits:train"), load_dataset("digits:val"), load_dataset("digits:test")
 
 
 @pytest.fixture(scope="module")

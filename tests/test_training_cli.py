@@ -151,3 +151,10 @@ def test_training_a_torch_export_program(small_mlp_pt2: Path, tmp_path: Path, ca
     record = json.loads((out / "build.json").read_text())
     assert record["training"]["phases"][0]["epochs"][1]["loss"] is not None
     assert all(check["passed"] for check in record["artifacts"]["compressed"]["verification"])
+
+
+def test_cli_sparsity_choices_match_the_policy() -> None:
+    from edgecompress.cli.build import SPARSITY_CHOICES
+    from edgecompress.lowrank.training import SPARSITY
+
+    assert SPARSITY_CHOICES == SPARSITY

@@ -13,7 +13,7 @@ from edgecompress.errors import InputError
 
 POLICY_NAMES = ["energy", "entropy", "uniform", "data", "ddlr-convex", "svd-training"]
 TARGETS = ("onnx", "tflite")
-SPARSITY_CHOICES = ("hoyer", "l1")
+SPARSITY_CHOICES = ("hoyer", "l1")  # = lowrank.training.SPARSITY, repeated so --help needs no torch import
 SVD_POLICY_FLAGS = ("sparsity", "lambda_orth", "lambda_sparsity", "prune_energy")  # SvdTrainingPolicy
 
 
@@ -155,7 +155,7 @@ def build(model: Path, target_text: str, out: Path, name: str | None, input_shap
         model=model, out=out, name=name, targets=parse_targets(target_text),
         input_shape=parse_shape(input_shape) if input_shape else None, factory=factory, allow_pickle=allow_pickle,
         policy=make_policy(policy, rank=rank, threshold=threshold, scale=scale, max_error=max_error, refit=not no_refit,
-                           keep_head=not compress_head, **svd_options),
+                           **svd_options),
         exclude=exclude, keep_head=not compress_head, opset=opset, simplify=not no_simplify, eval_data=eval_data, eval_samples=eval_samples,
         verify_samples=verify_samples, tolerance=Tolerance(atol=atol, rtol=rtol), seed=seed,
         calib_data=calib_data, calib_samples=calib_samples, max_accuracy_drop=max_accuracy_drop,

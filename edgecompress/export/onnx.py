@@ -124,10 +124,9 @@ def initializer_shapes(model: onnx.ModelProto) -> list[tuple[int, ...]]:
     return shapes
 
 
-def check_factors_kept(model: onnx.ModelProto, plan: CompressionPlan, *, where: str,
-                       expected: Iterable[tuple[int, ...]] | None = None) -> None:
+def check_factors_kept(model: onnx.ModelProto, plan: CompressionPlan, *, where: str) -> None:
     """The refold guard on an ONNX graph (see :func:`check_weight_shapes`)."""
-    check_weight_shapes(initializer_shapes(model), plan, where=where, expected=expected)
+    check_weight_shapes(initializer_shapes(model), plan, where=where)
 
 
 def _matrix_key(shape: Iterable[int]) -> tuple[int, ...]:
@@ -146,18 +145,17 @@ def plan_weight_shapes(plan: CompressionPlan) -> list[tuple[int, int]]:
     return shapes
 
 
-def check_weight_shapes(shapes: Iterable[tuple[int, ...]], plan: CompressionPlan, *, where: str,
-                        expected: Iterable[tuple[int, ...]] | None = None) -> None:
+def check_weight_shapes(shapes: Iterable[tuple[int, ...]], plan: CompressionPlan, *, where: str) -> None:
     """Raise :class:`RefoldError` if an exported file holds more in x out matrices than the
     compressed model has (a factor pair was multiplied back), or lacks a layer's two factors.
 
-    ``shapes`` are the file's constant shapes; ``expected`` the 2-D weight shapes of the compressed
-    model's Linear layers (default: derived from the plan; pass the model's own when layers were
-    excluded from the plan). Counting, rather than looking for the shape, keeps a factor or a dense
-    layer that merely has the same shape as another layer's dense weight from being a false alarm.
+    ``shapes`` are the file's constant shapes; the model's 2-D weights are read off ``plan``, which
+    must list every Linear layer (kept-dense ones too, as build's plans do). Counting, rather than
+    looking for the shape, keeps a factor or a dense layer that merely has the same shape as another
+    layer's dense weight from being a false alarm.
     """
     present = Counter(_matrix_key(s) for s in shapes if len(s) == 2)
-    allowed = Counter(_matrix_key(s) for s in (plan_weight_shapes(plan) if expected is None else expected))
+    allowed = Counter(_matrix_key(s) for s in plan_weight_shapes(plan))
     for layer in plan.layers:
         if layer.rank is None:
             continue

@@ -20,7 +20,7 @@ import warnings
 from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import numpy as np
 
@@ -262,12 +262,11 @@ def constant_shapes(path: Path) -> list[tuple[int, ...]]:
     return [t.shape for t in tflite_tensors(path) if t.constant]
 
 
-def check_tflite_factors(path: Path, plan: "CompressionPlan", *, where: str,
-                         expected: "Iterable[tuple[int, ...]] | None" = None) -> None:
+def check_tflite_factors(path: Path, plan: "CompressionPlan", *, where: str) -> None:
     """The refold guard on a .tflite (see :func:`edgecompress.export.onnx.check_weight_shapes`)."""
     from edgecompress.export.onnx import check_weight_shapes
 
-    check_weight_shapes(constant_shapes(path), plan, where=where, expected=expected)
+    check_weight_shapes(constant_shapes(path), plan, where=where)
 
 
 def litert_runner(path: Path, threads: int | None = None) -> Runner:

@@ -210,8 +210,3 @@ def round_ranks(ranks: Mapping[str, int | None], spectra: Mapping[str, LayerSpec
 def count_linear_params(model: nn.Module) -> int:
     """Weights and biases of all Linear layers (factor pairs count both factors)."""
     return sum(p.numel() for m in model.modules() if isinstance(m, nn.Linear) for p in m.parameters(recurse=False))
-
-
-def linear_weight_shapes(model: nn.Module) -> list[tuple[int, ...]]:
-    """Weight shapes of every Linear (factor Linears included): what an export may hold as matrices."""
-    return [tuple(m.weight.shape) for m in model.modules() if isinstance(m, nn.Linear)]
