@@ -99,7 +99,7 @@ def _lift_linears(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
         owner = weight_node.target.rpartition(".")[0]
         name = owner if owner and _replaceable(gm, owner) else f"linear_{weight_node.target.replace('.', '_')}"
         if name == owner:
-            _set_module(gm, owner, linear)
+            gm.set_submodule(owner, linear)
         else:
             gm.add_submodule(name, linear)
         with graph.inserting_before(node):
@@ -117,12 +117,6 @@ def _lift_linears(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
         gm.__dict__.pop(method, None)  # they only flip flags: the graph's ops were fixed at export time
     gm.recompile()
     return gm
-
-
-def _set_module(root: nn.Module, path: str, module: nn.Module) -> None:
-    parent_path, _, leaf = path.rpartition(".")
-    parent = root.get_submodule(parent_path) if parent_path else root
-    setattr(parent, leaf, module)
 
 
 def _replaceable(gm: nn.Module, path: str) -> bool:

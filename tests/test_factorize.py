@@ -128,3 +128,15 @@ def test_exclude_head_names_the_last_selected_linear_only_when_there_are_two() -
     assert exclude_head(model, "^4$") == "^2$|^4$"  # the last layer still selected becomes the head
     assert exclude_head(nn.Sequential(nn.Linear(8, 3)), None) is None  # a lone layer is the whole model: compress it
     assert list(model_spectra(model, exclude_head(model, None))) == ["0", "2"]
+
+
+def test_a_bare_linear_model_is_replaced_by_its_factor_pair() -> None:
+    torch.manual_seed(0)
+    model = nn.Linear(64, 64)
+    compressed, plan = compress(model, UniformPolicy(4))
+    assert isinstance(compressed, LowRankLinear) and type(model) is nn.Linear  # the input is not modified
+    assert plan.ranks == {"": 4} and plan.linear_params_after == count_linear_params(compressed) == 4 * 128 + 64
+    u, sv, vh = torch.linalg.svd(model.weight.detach().double())
+    truncated = ((u[:, :4] * sv[:4]) @ vh[:4]).float()  # Eckart-Young: the best rank-4 weight
+    x = torch.randn(5, 64)
+    assert torch.allclose(compressed(x), x @ truncated.T + model.bias, atol=1e-4)

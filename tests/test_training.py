@@ -83,6 +83,8 @@ def test_decompose_keeps_outputs_and_gradients_reach_the_factors() -> None:
 def test_decompose_refuses_a_model_without_linear_layers() -> None:
     with pytest.raises(InputError, match="no Linear layer"):
         decompose_(nn.Sequential(nn.ReLU()))
+    with pytest.raises(InputError, match="bare nn.Linear"):  # in place is impossible on the root itself
+        decompose_(nn.Linear(4, 4))
 
 
 @settings(max_examples=40, deadline=None)

@@ -104,10 +104,13 @@ class CompressionPlan:
         }
 
 
-def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, leaf = name.rpartition(".")
-    parent = root.get_submodule(parent_name) if parent_name else root
-    setattr(parent, leaf, module)
+def replace_submodule(root: nn.Module, name: str, module: nn.Module) -> nn.Module:
+    """``root`` with its sub-module ``name`` replaced by ``module``; ``module`` itself when ``name``
+    is "" (the root is the layer, e.g. a bare ``nn.Linear``)."""
+    if not name:
+        return module
+    root.set_submodule(name, module)
+    return root
 
 
 def layer_plan(spectrum: LayerSpectrum, rank: int | None, source: Any = None) -> LayerPlan:
@@ -165,7 +168,8 @@ def apply_ranks(model: nn.Module, spectra: dict[str, LayerSpectrum], ranks: dict
         plans.append(plan)
         if plan.rank is not None:
             bias = layers[name].bias.detach() if layers[name].bias is not None else None
-            _set_submodule(new_model, name, LowRankLinear.from_factors(*source.factors(plan.rank), bias))
+            pair = LowRankLinear.from_factors(*source.factors(plan.rank), bias)
+            new_model = replace_submodule(new_model, name, pair)
     if hasattr(new_model, "recompile"):
         new_model.recompile()  # fx GraphModules re-generate code after sub-module swaps
     return new_model, CompressionPlan(policy, tuple(plans))

@@ -24,7 +24,8 @@ from torch import nn
 
 from edgecompress.data import Dataset
 from edgecompress.errors import InputError
-from edgecompress.lowrank.factorize import CompressionPlan, apply_ranks, copy_module, with_unplanned_layers
+from edgecompress.lowrank.factorize import (CompressionPlan, apply_ranks, copy_module, replace_submodule,
+                                            with_unplanned_layers)
 from edgecompress.lowrank.finetune import (Hooks, TrainingReport, TrainSettings, accuracy_of, fit, teacher_outputs,
                                           torch_threads)
 from edgecompress.lowrank.policies import EnergyPolicy, PolicyContext, RankPolicy, register
@@ -124,11 +125,6 @@ class SVDLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}"
 
 
-def _swap(root: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, leaf = name.rpartition(".")
-    setattr(root.get_submodule(parent_name) if parent_name else root, leaf, module)
-
-
 def svd_layers(model: nn.Module) -> dict[str, SVDLinear]:
     """Every :class:`SVDLinear` in the model by qualified name."""
     return {name: module for name, module in model.named_modules() if isinstance(module, SVDLinear)}
@@ -148,8 +144,11 @@ def decompose_(model: nn.Module, *, exclude: str | None = None) -> dict[str, SVD
     if not layers:
         raise InputError("the model has no Linear layer to decompose" + (f" outside --exclude {exclude!r}"
                                                                         if exclude else ""))
+    if "" in layers:
+        raise InputError("the model is a bare nn.Linear: decompose_ works in place on its sub-modules; "
+                         "wrap it, e.g. nn.Sequential(linear)")
     for name, layer in layers.items():
-        _swap(model, name, layer)
+        model.set_submodule(name, layer)
     if hasattr(model, "recompile"):
         model.recompile()
     return layers
@@ -200,7 +199,7 @@ def to_low_rank(model: nn.Module, policy: dict[str, Any] | None = None) -> tuple
     ranks = {name: layer.rank for name, layer in layers.items()}
     kept = {name: getattr(layer, "energy_kept", 1.0) for name, layer in layers.items()}
     for name, layer in layers.items():
-        _swap(dense, name, layer.to_linear())  # the dense form where a rank does not pay
+        dense = replace_submodule(dense, name, layer.to_linear())  # the dense form where a rank does not pay
     small, plan = apply_ranks(dense, spectra, ranks, policy or {"name": SvdTrainingPolicy.name})
     return small, CompressionPlan(plan.policy, tuple(
         replace(layer, energy_kept=round(kept[layer.name], 6)) if layer.factorized else layer
@@ -286,12 +285,6 @@ class SvdTrainingHooks(Hooks):
         return any(after < before for before, after in prune_singular_values_(model, self.drop_energy).values())
 
 
-def _with_kept_head(plan: CompressionPlan, dense: nn.Module, exclude: str | None) -> CompressionPlan:
-    """The plan plus a "kept dense" entry for each selected Linear that SVD training left alone (the
-    head, with ``keep_head``), in module order, so the parameter totals cover every selected layer."""
-    return with_unplanned_layers(plan, dense, HEAD_KEPT_REASON, exclude=exclude)
-
-
 def svd_train(model: nn.Module, train: Dataset, val: Dataset, policy: SvdTrainingPolicy | None = None, *,
               settings: TrainSettings | None = None, finetune_settings: TrainSettings | None = None,
               exclude: str | None = None, checkpoints: Path | None = None,
@@ -335,7 +328,7 @@ def _svd_train(model: nn.Module, train: Dataset, val: Dataset, policy: SvdTraini
                   phase="svd-training", checkpoint=checkpoint("svd-training"), progress=progress)]
     ranks = prune_singular_values_(work, policy.prune_energy)
     small, plan = to_low_rank(work, policy.to_json())
-    plan = _with_kept_head(plan, model, exclude)
+    plan = with_unplanned_layers(plan, model, HEAD_KEPT_REASON, exclude=exclude)  # the head, with keep_head
     if finetune_settings is not None:
         phases.append(fit(small, train, val, finetune_settings, teacher_logits=teacher, phase="finetune",
                           checkpoint=checkpoint("finetune"), progress=progress))
