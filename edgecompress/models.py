@@ -7,7 +7,6 @@ import os
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -63,10 +62,10 @@ def train_classifier(model: nn.Module, data: Dataset, *, epochs: int, lr: float 
 
 
 def test_accuracy(model: nn.Module, data: Dataset) -> float:
-    """Top-1 accuracy of a torch model on a labelled dataset."""
-    with torch.no_grad():
-        predictions = model(torch.from_numpy(data.x)).argmax(-1).numpy()
-    return float(np.mean(predictions == data.y))
+    """Top-1 accuracy of a torch model on a labelled dataset (eval mode, batched)."""
+    from edgecompress.lowrank.finetune import accuracy_of  # the training loop's own measure
+
+    return accuracy_of(model, data)
 
 
 def trained_reference_mlp(mnist: str | Path, *, cache: Path = CACHE_DIR, epochs: int = 10) -> nn.Sequential:

@@ -23,6 +23,7 @@ from torch import nn
 from edgecompress.bench.metrics import accuracy, top1
 from edgecompress.data import Dataset
 from edgecompress.errors import InputError, TrainingError
+from edgecompress.export.verify import torch_outputs
 from edgecompress.lowrank.factorize import LowRankLinear
 
 
@@ -163,8 +164,7 @@ def check_labelled(model: nn.Module, data: Dataset, what: str = "training data")
 def predict(model: nn.Module, x: np.ndarray, batch_size: int = 2048) -> torch.Tensor:
     """Logits of ``model`` (eval mode, no grad) on numpy inputs, batched."""
     model.eval()
-    with torch.no_grad():
-        return torch.cat([model(torch.from_numpy(x[i:i + batch_size])) for i in range(0, len(x), batch_size)])
+    return torch.from_numpy(torch_outputs(model, x, batch_size))
 
 
 def accuracy_of(model: nn.Module, data: Dataset) -> float:
