@@ -30,17 +30,13 @@ from report import paired, verdict  # noqa: E402
 from setups import setups, trained_model  # noqa: E402
 
 from edgecompress import provenance  # noqa: E402
+from edgecompress.export.verify import torch_outputs  # noqa: E402
 from edgecompress.lowrank.factorize import compress, count_linear_params  # noqa: E402
 from edgecompress.lowrank.policies import EnergyPolicy, EntropyPolicy, RankPolicy, UniformPolicy  # noqa: E402
 from edgecompress.lowrank.spectrum import exclude_head, model_spectra  # noqa: E402
 
 POLICIES: dict[str, RankPolicy] = {"energy τ=0.8": EnergyPolicy(0.8), "energy τ=0.9": EnergyPolicy(0.9),
                                    "energy τ=0.95": EnergyPolicy(0.95), "entropy": EntropyPolicy()}
-
-
-def predict(model: nn.Module, x: np.ndarray) -> np.ndarray:
-    with torch.no_grad():
-        return model(torch.from_numpy(x)).argmax(-1).numpy()
 
 
 def closest_uniform(model: nn.Module, spectra: dict, target: int) -> tuple[int, nn.Module, int]:
@@ -65,12 +61,12 @@ def one_dataset(name: str) -> dict[str, Any]:
         for variant, chosen in (("all layers", spectra), ("head dense", head_dense)):
             compressed, plan = compress(model, policy, spectra=chosen)
             key = f"{label} ({variant})"
-            predictions[key] = predict(compressed, test.x)
+            predictions[key] = torch_outputs(compressed, test.x).argmax(-1)
             entries[variant] = {"label": key, "linear_params": count_linear_params(compressed), "ranks": plan.ranks,
                                 "accuracy": float(np.mean(predictions[key] == test.y))}
         rank, uniform_model, params = closest_uniform(model, spectra, entries["head dense"]["linear_params"])
         key = f"uniform r={rank}"
-        predictions[key] = predict(uniform_model, test.x)
+        predictions[key] = torch_outputs(uniform_model, test.x).argmax(-1)
         entries["uniform"] = {"label": key, "linear_params": params, "rank": rank,
                               "accuracy": float(np.mean(predictions[key] == test.y))}
         pairs = {variant: paired(entries[variant], entries["uniform"], predictions, test.y)
