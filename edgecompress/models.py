@@ -3,9 +3,10 @@ supervised training loop used by ``demo`` and ``benchmarks/`` to make them repro
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
@@ -35,29 +36,56 @@ def digits_mlp() -> nn.Sequential:
     return mlp((64, 256, 256, 10))
 
 
+@contextlib.contextmanager
+def deterministic_torch(threads: int = 1) -> Iterator[None]:
+    """Run torch as reproducibly as it allows: deterministic kernels and a fixed thread count (a float
+    sum's order, and so its rounding, depends on how many threads share it). Restores both after."""
+    previous_threads = torch.get_num_threads()
+    previous_mode = torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous_mode)
+        torch.set_num_threads(previous_threads)
+
+
 def train_classifier(model: nn.Module, data: Dataset, *, epochs: int, lr: float = 1e-3, batch_size: int = 128,
-                     seed: int = 0, on_epoch: Callable[[int, float], None] | None = None) -> nn.Module:
-    """Adam + cross-entropy, shuffled mini-batches from a fixed seed; returns the model in eval mode."""
+                     seed: int = 0, reinitialize: bool = True, threads: int = 1,
+                     on_epoch: Callable[[int, float], None] | None = None) -> nn.Module:
+    """Adam + cross-entropy on shuffled mini-batches; returns the model in eval mode.
+
+    Reproducible where torch allows: with ``reinitialize`` (the default) every layer is re-initialised
+    from ``seed`` first, so the result does not depend on what consumed the global random state before
+    the model was built; training runs on ``threads`` threads with deterministic kernels. Results can
+    still differ across CPUs (vector-instruction sets round differently) and torch versions.
+    """
     if data.y is None:
         raise ValueError("training data needs labels")
-    torch.manual_seed(seed)
-    generator = torch.Generator().manual_seed(seed)
-    x, y = torch.from_numpy(data.x), torch.from_numpy(data.y)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    loss_fn = nn.CrossEntropyLoss()
-    model.train()
-    for epoch in range(epochs):
-        order = torch.randperm(len(x), generator=generator)
-        total = 0.0
-        for start in range(0, len(x), batch_size):
-            idx = order[start:start + batch_size]
-            optimizer.zero_grad()
-            loss = loss_fn(model(x[idx]), y[idx])
-            loss.backward()
-            optimizer.step()
-            total += float(loss.detach()) * len(idx)
-        if on_epoch:
-            on_epoch(epoch, total / len(x))
+    with deterministic_torch(threads):
+        torch.manual_seed(seed)
+        if reinitialize:
+            for module in model.modules():
+                if hasattr(module, "reset_parameters"):
+                    module.reset_parameters()
+        generator = torch.Generator().manual_seed(seed)
+        x, y = torch.from_numpy(data.x), torch.from_numpy(data.y)
+        optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+        loss_fn = nn.CrossEntropyLoss()
+        model.train()
+        for epoch in range(epochs):
+            order = torch.randperm(len(x), generator=generator)
+            total = 0.0
+            for start in range(0, len(x), batch_size):
+                idx = order[start:start + batch_size]
+                optimizer.zero_grad()
+                loss = loss_fn(model(x[idx]), y[idx])
+                loss.backward()
+                optimizer.step()
+                total += float(loss.detach()) * len(idx)
+            if on_epoch:
+                on_epoch(epoch, total / len(x))
     return model.eval()
 
 
@@ -70,8 +98,11 @@ def test_accuracy(model: nn.Module, data: Dataset) -> float:
 
 def trained_reference_mlp(mnist: str | Path, *, cache: Path = CACHE_DIR, epochs: int = 10) -> nn.Sequential:
     """The reference MNIST MLP trained per §7 (Adam 1e-3, batch 128, seed 0, first 55k images),
-    cached as a state_dict under ``cache`` (keyed by epochs)."""
-    path = cache / f"reference-mnist-mlp-e{epochs}-seed0.pt"
+    cached as a state_dict under ``cache`` (keyed by epochs and recipe version).
+
+    Recipe v2 seeds the initialisation and trains on one thread with deterministic kernels; v1 (the
+    ``-seed0.pt`` files of earlier versions) left the initialisation to the global random state."""
+    path = cache / f"reference-mnist-mlp-e{epochs}-seed0-v2.pt"
     model = reference_mnist_mlp()
     if path.is_file():
         model.load_state_dict(torch.load(path, weights_only=True))

