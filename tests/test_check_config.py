@@ -70,6 +70,19 @@ def test_pyproject_is_found_from_a_subfolder(tmp_path: Path) -> None:
     assert load_config(cwd=sub).source == tmp_path / "pyproject.toml"
 
 
+def test_invalid_pyproject_found_by_walking_up_is_reported_not_skipped(tmp_path: Path) -> None:
+    """A syntax error in the nearest pyproject.toml names its line; the walk does not go on to
+    a parent project's valid file."""
+    write(tmp_path, PYPROJECT)  # a valid outer project with budgets
+    inner = tmp_path / "inner"
+    (inner / "src").mkdir(parents=True)
+    (inner / ".git").mkdir()
+    (inner / "pyproject.toml").write_text('[project]\nname = "x"\n\n[tool.edgecompress\n', encoding="utf-8")
+    assert find_pyproject(inner / "src") == inner / "pyproject.toml"
+    with pytest.raises(ConfigError, match=r"pyproject\.toml:4: invalid TOML"):
+        load_config(cwd=inner / "src")
+
+
 def test_pyproject_without_the_tool_table_is_skipped(tmp_path: Path) -> None:
     (tmp_path / ".git").mkdir()
     write(tmp_path, "[project]\nname = 'x'\n")

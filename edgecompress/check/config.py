@@ -246,14 +246,17 @@ def _unknown(key: str, known: list[str], where: str) -> str:
 
 def find_pyproject(start: Path) -> Path | None:
     """The nearest pyproject.toml with a ``[tool.edgecompress]`` table, from ``start`` upwards,
-    stopping at the enclosing git repository's root."""
+    stopping at the enclosing git repository's root.
+
+    An unreadable or invalid pyproject.toml stops the walk and is returned, so that loading it
+    reports ``pyproject.toml:LINE: invalid TOML`` instead of silently using another project's file."""
     for folder in (start, *start.parents):
         candidate = folder / "pyproject.toml"
         if candidate.is_file():
             try:
                 data = tomllib.loads(candidate.read_text(encoding="utf-8"))
             except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
-                data = {}
+                return candidate
             if isinstance(data.get("tool"), dict) and "edgecompress" in data["tool"]:
                 return candidate
         if (folder / ".git").exists():
