@@ -95,6 +95,9 @@ def test_bench_json_structure_and_figures(files: dict[str, Path]) -> None:
         assert lat["min"] <= lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["max"]
         assert row["peak_rss_mib"] > row["rss_increment_mib"] >= 0
         assert row["bytes"] > 0 and row["init_ms"] > 0 and row["throughput_per_s"] > 0
+        # throughput comes from the median: its ratio never contradicts the p50 ratio
+        assert row["throughput_per_s"] == pytest.approx(row["batch"] * 1000 / lat["p50"], rel=1e-2)  # p50 is rounded to 0.1 µs
+        assert row["ratios"]["throughput_per_s"] * row["ratios"]["p50"] == pytest.approx(1.0, rel=1e-2)
     ref, small = result["results"][0], result["results"][1]
     assert ref["accuracy"] == pytest.approx(0.9, abs=0.02) and ref["top1_agreement"] == 1.0 and ref["max_abs_diff"] == 0.0
     assert all(v == 1.0 for v in ref["ratios"].values())

@@ -321,7 +321,7 @@ def _result_row(name: str, info: ModelInfo, batch: int, timing: Timing, index: i
     return {
         "model": name, "batch": batch, "runs": len(samples),
         "latency_ms": latency,
-        "throughput_per_s": _round(metrics.throughput(batch, float(stats["mean"])), 2),
+        "throughput_per_s": _round(metrics.throughput(batch, float(stats["p50"])), 2),
         "init_ms": _round(init_ms, 3), "first_inference_ms": _round(first_ms, 3),
         "peak_rss_mib": _round(probed.peak_rss_mib, 2) if probed else None,
         "rss_increment_mib": _round(probed.rss_increment_mib, 2) if probed else None,

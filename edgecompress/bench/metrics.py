@@ -35,9 +35,13 @@ def latency_stats(samples_ms: Sequence[float] | np.ndarray) -> dict[str, float |
     return stats
 
 
-def throughput(batch: int, mean_ms: float) -> float | None:
-    """Samples per second at a mean latency per batch (None when the latency is 0)."""
-    return batch * 1000.0 / mean_ms if mean_ms > 0 else None
+def throughput(batch: int, p50_ms: float) -> float | None:
+    """Samples per second at the median latency per batch (None when the latency is 0).
+
+    The median, not the mean: one scheduler stall would otherwise decide the figure, and a model
+    with the lower p50 could show the lower samples/s. With the median, the throughput ratio is
+    always the inverse of the p50 ratio."""
+    return batch * 1000.0 / p50_ms if p50_ms > 0 else None
 
 
 def top1(logits: np.ndarray) -> np.ndarray:
