@@ -191,12 +191,27 @@ def test_cli_bench_writes_every_format(files: dict[str, Path], tmp_path: Path, c
           "--runs", "3", "--warmup", "1", "--no-memory", "--quiet",
           "--json", str(out / "bench.json"), "--md", str(out / "bench.md"), "--html", str(out / "bench.html")])
     captured = capsys.readouterr()
-    assert "| model.onnx" in captured.out and captured.err == ""
+    assert captured.out == "" and captured.err == ""  # --quiet: nothing but errors
     assert sorted(p.name for p in out.iterdir()) == ["bench.html", "bench.json", "bench.md"]  # no temp files
     bench = json.loads((out / "bench.json").read_text())
     assert bench["config"]["batches"] == [1, 4] and len(bench["results"]) == 4
     assert "## Speed and memory" in (out / "bench.md").read_text()
     assert "<table>" in (out / "bench.html").read_text()
+
+
+def test_cli_bench_prints_tables_not_markdown(files: dict[str, Path], capsys: pytest.CaptureFixture) -> None:
+    """Without --md the terminal gets a verdict line and rich tables; Markdown only with --md -."""
+    args = ["bench", str(files["dense"]), str(files["small"]), "--data", str(files["data"]),
+            "--runs", "3", "--warmup", "1", "--no-memory"]
+    main(args)
+    out = capsys.readouterr().out
+    assert out.startswith("model.onnx: ") and " size, " in out and "p50 latency (batch 1)" in out
+    assert " pt accuracy vs model.dense.onnx" in out
+    assert "Speed and memory" in out and "─" in out  # a rich table (box drawing) ...
+    assert "| model.onnx" not in out and "## " not in out and "| ---" not in out  # ... not Markdown
+    main([*args, "--md", "-", "--quiet"])
+    md = capsys.readouterr()
+    assert "## Speed and memory" in md.out and "| model.onnx" in md.out and md.err == ""
 
 
 def test_cli_json_to_stdout(files: dict[str, Path], capsys: pytest.CaptureFixture) -> None:

@@ -1,7 +1,8 @@
 """The bench and report work where torch is not installed (a Raspberry Pi has only the runtime).
 
-A ``sitecustomize`` on PYTHONPATH installs an import hook that makes ``import torch`` raise
-ImportError and logs the attempt to stderr; child processes (the memory probe) inherit it.
+A ``sitecustomize`` on PYTHONPATH installs an import hook that makes ``import torch`` (and
+scikit-learn, which the runtime-only install lacks too) raise ImportError and logs the attempt to
+stderr; child processes (the memory probe) inherit it.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ BLOCKER = textwrap.dedent('''
         """Pretend torch is not installed."""
 
         def find_spec(self, name, path=None, target=None):
-            if name == "torch" or name.startswith("torch."):
+            if name.split(".")[0] in ("torch", "sklearn"):
                 sys.stderr.write(f"TORCH-IMPORT-ATTEMPT {name}\\n")
                 raise ModuleNotFoundError(f"No module named {name!r}", name=name)
             return None
@@ -119,3 +120,38 @@ def test_top_level_help_lists_every_command_without_torch(env: dict[str, str], t
         assert f"  {command}" in proc.stdout, f"{command} missing from --help"
     proc = _run(["-m", "edgecompress", "check", "--help"], env, tmp_path)
     assert proc.returncode == 0 and "TORCH-IMPORT-ATTEMPT" not in proc.stderr
+
+
+def test_bench_data_digits_without_torch_or_sklearn(env: dict[str, str], tmp_path: Path) -> None:
+    """The README's `bench ... --data digits` works on the runtime-only install: the digits test
+    split ships with the package."""
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((64, 10)).astype(np.float32)
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 10])],
+                              [numpy_helper.from_array(w, "W")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "d.onnx"))
+    proc = _run(["-m", "edgecompress", "bench", "d.onnx", "--data", "digits", "--runs", "2", "--warmup", "0",
+                 "--no-memory", "--json", "-", "-q"], env, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "TORCH-IMPORT-ATTEMPT" not in proc.stderr
+    bench = json.loads(proc.stdout)
+    assert bench["config"]["eval_samples"] == 360 and bench["results"][0]["accuracy"] is not None
+
+
+@pytest.mark.parametrize("args, message", [
+    (["absent.pt2"], "model file not found: absent.pt2"),
+    (["model.pt2", "--out", "afile"], "output path afile exists and is not a folder"),
+])
+def test_build_cheap_errors_come_before_torch(env: dict[str, str], tmp_path: Path, args: list[str],
+                                              message: str) -> None:
+    """A missing model file or --out being a file is reported without importing torch (which takes
+    tens of seconds on a busy machine): here torch cannot even be imported."""
+    (tmp_path / "model.pt2").write_bytes(b"not read")
+    (tmp_path / "afile").write_text("x")
+    proc = _run(["-m", "edgecompress", "build", *args], env, tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip() == f"error: {message}" and "TORCH-IMPORT-ATTEMPT" not in proc.stderr

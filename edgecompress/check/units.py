@@ -112,6 +112,12 @@ def format_size(n: float, *, binary: bool = False, digits: int = 2) -> str:
     return f"{sign}{n:.0f} B"
 
 
+def format_bytes(n: float) -> str:
+    """The one size convention for people (build, bench, report, check): binary units with up to
+    two decimals, ``format_bytes(341459) == "333.46 KiB"``. JSON files keep exact byte counts."""
+    return format_size(n, binary=True)
+
+
 def format_count(n: float) -> str:
     """A count with thousands separators: 136202 -> "136,202"."""
     return f"{n:,.0f}"

@@ -55,6 +55,9 @@ macro-F1 (with --data labels), top-1 agreement and max output difference vs the 
 every figure's ratio to the reference. Models run interleaved after a warm-up, the order
 rotating each round (A B, B A, ...). Needs only the runtime (no torch).
 
+Prints a one-line verdict per model and two tables (ratios green when better than the reference,
+red when worse); --md/--json/--html write files ('-': stdout, the tables then go to stderr).
+
 \b
 Examples:
   edgecompress bench build/model.dense.onnx build/model.onnx --data test.npz --batch 1,32
@@ -87,12 +90,11 @@ Examples:
 @click.option("--json", "json_out", metavar="FILE", help="Write bench.json ('-': stdout).")
 @click.option("--md", "md_out", metavar="FILE", help="Write a Markdown report ('-': stdout).")
 @click.option("--html", "html_out", metavar="FILE", help="Write a self-contained HTML report with plots.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar or 'wrote' messages.")
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors (no tables, progress or 'wrote' lines).")
 def bench(models: tuple[str, ...], data: str | None, batch: str, threads: int, runs: int | None,
           seconds: float | None, warmup: int, seed: int, input_shapes: tuple[str, ...], limit: int | None,
           memory: bool, json_out: str | None, md_out: str | None, html_out: str | None, quiet: bool) -> None:
     from edgecompress.bench import parse_input_shape, run_benchmark
-    from edgecompress.report import render_markdown
 
     batches = _parse_batches(batch)
     shapes: dict[str | None, tuple[int | str, ...]] = {}
@@ -107,11 +109,11 @@ def bench(models: tuple[str, ...], data: str | None, batch: str, threads: int, r
                            seconds=seconds, warmup=warmup, seed=seed, input_shapes=shapes or None,
                            limit=limit, memory=memory, progress=not quiet)
     to_stdout = _write_all(result, outputs, quiet)
-    table = render_markdown(result)
-    if not to_stdout:
-        click.echo(table)
-    elif not quiet:
-        click.echo(table, err=True)
+    if not quiet:  # --quiet: nothing but errors
+        from edgecompress.cli.console import console, stdout
+        from edgecompress.report.terminal import print_report
+
+        print_report(result, console if to_stdout else stdout)
 
 
 REPORT_HELP = """Render a bench.json as Markdown and/or self-contained HTML.

@@ -36,6 +36,15 @@ def split_training_flags(policy: str, flags: dict[str, float | int | str | None]
     return {key: given.pop(key) for key in SVD_POLICY_FLAGS if key in given}, given
 
 
+def precheck(model: Path, out: Path) -> None:
+    """Errors found without importing torch: a missing model file, ``--out`` being a file. The
+    pipeline checks both again (with the same messages) for library callers."""
+    if not model.exists():
+        raise InputError(f"model file not found: {model}")
+    if out.exists() and not out.is_dir():
+        raise InputError(f"output path {out} exists and is not a folder")
+
+
 def parse_size(text: str | None) -> int | None:
     """``--target-size`` in bytes; accepts units like '2 MB' or '512KiB'."""
     if text is None:
@@ -83,7 +92,8 @@ def parse_size(text: str | None) -> int | None:
 @click.option("--calib-samples", type=int, default=1024, help="Calibration samples.")
 @click.option("--max-accuracy-drop", type=float, default=None, help="Budget mode: max accuracy drop in points on --eval-split.")
 @click.option("--eval-split", default=None, help="Budget mode: validation data (never the test set).")
-@click.option("--target-params", type=float, default=None, help="Budget mode: fraction of the Linear parameters to keep.")
+@click.option("--target-params", type=float, default=None, help="Budget mode: fraction of the compressible Linear layers' parameters to keep, e.g. 0.05 = 5% "
+                   "(the dense head and --exclude'd layers are not counted).")
 @click.option("--target-size", "target_size_text", default=None, help="Budget mode: max compressed ONNX file size (the int8 file with --quantize int8), e.g. '400 KB'.")
 @click.option("--round-to", type=int, default=1, help="Round ranks up to a multiple of K.")
 @click.option("--allocation", type=click.Choice(["auto", "threshold", "sensitivity"]), default="auto",
@@ -144,6 +154,7 @@ def build(model: Path, target_text: str, out: Path, name: str | None, input_shap
       edgecompress build model.pt2 --policy data --calib mnist:train --max-accuracy-drop 0.5 --eval-split mnist:val
       edgecompress build model.pt2 --target onnx,tflite --quantize int8 --calib ../shared/datasets/mnist:val
     """
+    precheck(model, out)  # before torch loads (tens of seconds on a busy machine)
     from edgecompress.export.verify import Tolerance
     from edgecompress.load import parse_shape
     from edgecompress.lowrank.policies import make_policy

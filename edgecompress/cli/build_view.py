@@ -97,9 +97,38 @@ def training_lines(record: dict[str, Any]) -> list[str]:
     return lines
 
 
+def budget_lines(record: dict[str, Any]) -> list[str]:
+    """Budget mode: the target, what the chosen candidate measured, and whether it met the target."""
+    search = record.get("search")
+    if not search or "result" not in search:
+        return []
+    budget, result = search["budget"], search["result"]
+    value, bound = result.get("value"), result.get("bound")
+    if budget["kind"] == "accuracy":
+        target = f"accuracy drop ≤ {budget['max_accuracy_drop']:g} pt on the validation data"
+        measured = f"measured drop {value:+.2f} pt"
+        if bound is not None:
+            confidence = (search.get("baseline") or {}).get("confidence")
+            level = f" at {confidence:.0%} confidence" if confidence else ""
+            measured += f", upper bound {bound:+.2f} pt{level} (the figure checked)"
+    elif budget["kind"] == "params":
+        target = (f"keep ≤ {budget['target_params']:.2%} of the compressible Linear parameters "
+                  "(the dense head and --exclude'd layers not counted)")
+        measured = f"kept {value:.2%} ({result['linear_params']:,} params)"
+    else:
+        target = f"{budget.get('measures', 'ONNX')} file ≤ {human_bytes(budget['target_size'])}"
+        measured = f"measured {human_bytes(value)}"
+    verdict = "[green]met[/]" if result.get("meets") else "[red]not met[/]"
+    return [f"budget: {target}: {measured} — {verdict} "
+            f"(candidate {result['candidate'] + 1} of {search.get('candidates', '?')}, "
+            f"{len(search.get('path', []))} evaluated)"]
+
+
 def print_build(record: dict[str, Any]) -> None:
     """Print the layer table, verification lines and artifact table to stdout."""
     stdout.print(layer_table(record))
+    for line in budget_lines(record):
+        stdout.print(line, highlight=False)
     for line in training_lines(record):
         stdout.print(line, highlight=False)
     for line in verification_lines(record):

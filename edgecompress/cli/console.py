@@ -28,13 +28,25 @@ def stage_spinner(quiet: bool = False) -> Iterator[Callable[[str], None] | None]
         yield lambda stage: status.update(f"[bold]{stage.replace('_', ' ')}[/]…")
 
 
+@contextlib.contextmanager
+def counted_bar(description: str, total: int, quiet: bool = False) -> Iterator[Callable[[str], None] | None]:
+    """A bar with ``done/total``, elapsed time and an ETA; yields ``advance(status)`` (None when not
+    interactive)."""
+    if not interactive(quiet):
+        yield None
+        return
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
+               TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task(description, total=total, status="")
+        yield lambda status: bar.update(task, advance=1, status=status)
+
+
 def human_bytes(count: float | None) -> str:
-    """1536 -> '1.5 KiB'."""
-    if count is None:
-        return "n/a"
-    value = float(count)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(value) < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} GiB"
+    """341459 -> '333.46 KiB' (the project's one size convention, see check.units.format_bytes)."""
+    from edgecompress.check.units import format_bytes
+
+    return "n/a" if count is None else format_bytes(count)

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from edgecompress.cli.build_view import emit_build
-from edgecompress.cli.console import console, stage_spinner
+from edgecompress.cli.console import console, counted_bar, human_bytes, stage_spinner
 
 
 @click.command(context_settings={"show_default": True})
@@ -37,11 +37,11 @@ def demo(out: Path, policy: str, threshold: float, rank: int, epochs: int, json_
     from edgecompress.pipeline import BuildConfig, build
 
     torch.manual_seed(0)
-    with stage_spinner(quiet) as progress:
-        if progress:
-            progress("training the digits MLP")
+    with counted_bar("training the digits MLP: epoch", epochs, quiet) as advance:
         model = train_classifier(digits_mlp(), load_dataset("digits", "train"), epochs=epochs, lr=1e-3,
-                                 batch_size=64, seed=0)
+                                 batch_size=64, seed=0,
+                                 on_epoch=(lambda _epoch, loss: advance(f"loss {loss:.4f}")) if advance else None)
+    with stage_spinner(quiet) as progress:
         out.mkdir(parents=True, exist_ok=True)
         model_path = save_exported(model, (1, 64), out / "digits-mlp.pt2")
         config = BuildConfig(model=model_path, out=out, policy=make_policy(policy, threshold=threshold, rank=rank),
@@ -55,4 +55,5 @@ def demo(out: Path, policy: str, threshold: float, rank: int, epochs: int, json_
     drop = 100 * (dense["eval"]["accuracy"] - compressed["eval"]["accuracy"])
     console.print(f"[bold]digits test accuracy[/]: dense {dense['eval']['accuracy']:.2%} → compressed "
                   f"{compressed['eval']['accuracy']:.2%} ({drop:.2f} points lost); file size "
-                  f"{dense['bytes']:,} → {compressed['bytes']:,} bytes ({dense['bytes'] / compressed['bytes']:.1f}× smaller)")
+                  f"{human_bytes(dense['bytes'])} → {human_bytes(compressed['bytes'])} "
+                  f"({dense['bytes'] / compressed['bytes']:.1f}× smaller)")

@@ -16,13 +16,31 @@ NA = "n/a"
 
 
 @dataclass(frozen=True)
+class Cell:
+    """One table cell: the value, its comparison with the reference (``0.45×``, ``−0.20 pt``) and
+    a mark, ``good`` / ``bad`` / ``""``, that the HTML and terminal reports colour."""
+
+    text: str
+    extra: str = ""
+    mark: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.text} ({self.extra})" if self.extra else self.text
+
+
+@dataclass(frozen=True)
 class Table:
-    """Headers, alignment per column (``l``/``r``) and rows of already formatted cells."""
+    """Headers, alignment per column (``l``/``r``) and rows of formatted cells."""
 
     title: str
     headers: tuple[str, ...]
     align: tuple[str, ...]
-    rows: tuple[tuple[str, ...], ...]
+    cells: tuple[tuple[Cell, ...], ...]
+
+    @property
+    def rows(self) -> tuple[tuple[str, ...], ...]:
+        """The cells as plain strings: ``0.213 (0.45×)``."""
+        return tuple(tuple(str(c) for c in row) for row in self.cells)
 
 
 # --- number formatting ------------------------------------------------------------------------
@@ -43,12 +61,11 @@ def fmt_int(value: int | None) -> str:
 
 
 def fmt_bytes(value: int | None) -> str:
-    if value is None:
-        return NA
-    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if value >= size:
-            return f"{value / size:.2f} {unit}"
-    return f"{value} B"
+    """The project's one size convention: binary units (1,024), one decimal — ``333.5 KiB``
+    (JSON files keep exact byte counts)."""
+    from edgecompress.check.units import format_bytes
+
+    return NA if value is None else format_bytes(value)
 
 
 def fmt_pct(value: float | None) -> str:
@@ -65,21 +82,34 @@ def fmt_ratio(value: float | None) -> str:
     return f"{value:.2f}×" if value < 100 else f"{value:.0f}×"
 
 
-def with_ratio(text: str, ratio: float | None, is_reference: bool) -> str:
-    """``text (ratio×)`` for non-reference models with a known ratio."""
+# Relative change that is shown uncoloured (timing noise, rounding).
+NEUTRAL_RATIO = 0.05
+NEUTRAL_POINTS = 0.1
+
+
+def ratio_cell(text: str, ratio: float | None, is_reference: bool, *, higher_is_better: bool = False) -> Cell:
+    """The value with its ratio to the reference, marked good/bad beyond ±5 %."""
     if is_reference or text == NA or ratio is None:
-        return text
-    return f"{text} ({fmt_ratio(ratio)})"
+        return Cell(text)
+    better = ratio > 1 + NEUTRAL_RATIO if higher_is_better else ratio < 1 - NEUTRAL_RATIO
+    worse = ratio < 1 - NEUTRAL_RATIO if higher_is_better else ratio > 1 + NEUTRAL_RATIO
+    return Cell(text, fmt_ratio(ratio), "good" if better else "bad" if worse else "")
 
 
-def with_delta_pt(value: float | None, reference: float | None, is_reference: bool) -> str:
+def fmt_delta_pt(delta: float) -> str:
+    """A change in percentage points: ``+0.20 pt``, ``−0.20 pt``, ``±0.00 pt``."""
+    sign = "+" if delta >= 0.005 else "−" if delta <= -0.005 else "±"
+    return f"{sign}{abs(delta):.2f} pt"
+
+
+def delta_cell(value: float | None, reference: float | None, is_reference: bool) -> Cell:
     """A percentage with its change in percentage points vs the reference: ``97.90% (−0.20 pt)``."""
     text = fmt_pct(value)
     if is_reference or value is None or reference is None:
-        return text
+        return Cell(text)
     delta = (value - reference) * 100
-    sign = "+" if delta >= 0.005 else "−" if delta <= -0.005 else "±"
-    return f"{text} ({sign}{abs(delta):.2f} pt)"
+    mark = "good" if delta > NEUTRAL_POINTS else "bad" if delta < -NEUTRAL_POINTS else ""
+    return Cell(text, fmt_delta_pt(delta), mark)
 
 
 # --- tables -----------------------------------------------------------------------------------
@@ -97,11 +127,11 @@ def speed_table(bench: Mapping[str, Any]) -> Table:
         is_ref = r.get("model") == ref
         ratios = r.get("ratios") or {}
 
-        def cell(text: str, key: str) -> str:
-            return with_ratio(text, ratios.get(key), is_ref)
+        def cell(text: str, key: str) -> Cell:
+            return ratio_cell(text, ratios.get(key), is_ref, higher_is_better=key == "throughput_per_s")
 
         rows.append((
-            str(r.get("model")), str(r.get("batch")),
+            Cell(str(r.get("model"))), Cell(str(r.get("batch"))),
             *(cell(fmt_ms(_latency(r, k)), k) for k in ("p50", "p90", "p99", "min", "mean")),
             cell(fmt_float(r.get("throughput_per_s"), 1), "throughput_per_s"),
             cell(fmt_ms(r.get("init_ms")), "init_ms"),
@@ -137,16 +167,38 @@ def model_table(bench: Mapping[str, Any]) -> Table:
         is_ref = m.get("name") == ref_name
         ratios = m.get("ratios") or {}
         rows.append((
-            str(m.get("name")), str(m.get("format", NA)),
-            with_ratio(fmt_bytes(m.get("bytes")), ratios.get("bytes"), is_ref),
-            with_ratio(fmt_int(m.get("params")), ratios.get("params"), is_ref),
-            with_delta_pt(m.get("accuracy"), ref.get("accuracy"), is_ref),
-            with_delta_pt(m.get("macro_f1"), ref.get("macro_f1"), is_ref),
-            fmt_pct(m.get("top1_agreement")),
-            fmt_sci(m.get("max_abs_diff")),
+            Cell(str(m.get("name"))), Cell(str(m.get("format", NA))),
+            ratio_cell(fmt_bytes(m.get("bytes")), ratios.get("bytes"), is_ref),
+            ratio_cell(fmt_int(m.get("params")), ratios.get("params"), is_ref),
+            delta_cell(m.get("accuracy"), ref.get("accuracy"), is_ref),
+            delta_cell(m.get("macro_f1"), ref.get("macro_f1"), is_ref),
+            Cell(fmt_pct(m.get("top1_agreement"))),
+            Cell(fmt_sci(m.get("max_abs_diff"))),
         ))
     headers = ("Model", "Format", "Size", "Params", "Accuracy", "Macro-F1", "Top-1 agreement", "Max abs diff")
     return Table("Size and accuracy", headers, ("l", "l") + ("r",) * 6, tuple(rows))
+
+
+def verdicts(bench: Mapping[str, Any]) -> list[str]:
+    """One line per compared model: ``model.onnx: 0.20× size, 0.85× p50 latency (batch 1), ±0.00 pt
+    accuracy`` — size, median latency at each batch size, and accuracy (else top-1 agreement)."""
+    ref_name = bench.get("reference")
+    models = model_rows(bench)
+    ref = next((m for m in models if m.get("name") == ref_name), {})
+    lines = []
+    for m in models:
+        if m.get("name") == ref_name:
+            continue
+        parts = [f"{fmt_ratio((m.get('ratios') or {}).get('bytes'))} size"]
+        for r in bench.get("results", []):
+            if r.get("model") == m.get("name"):
+                parts.append(f"{fmt_ratio((r.get('ratios') or {}).get('p50'))} p50 latency (batch {r.get('batch')})")
+        if m.get("accuracy") is not None and ref.get("accuracy") is not None:
+            parts.append(f"{fmt_delta_pt((m['accuracy'] - ref['accuracy']) * 100)} accuracy")
+        else:
+            parts.append(f"{fmt_pct(m.get('top1_agreement'))} top-1 agreement")
+        lines.append(f"{m.get('name')}: " + ", ".join(parts) + f" vs {ref_name}")
+    return lines
 
 
 # --- settings ---------------------------------------------------------------------------------
@@ -218,6 +270,7 @@ def render_markdown(bench: Mapping[str, Any]) -> str:
     """The whole report as Markdown (readable as plain text too: columns are padded)."""
     names = [m.get("name") for m in bench.get("models", [])]
     lines = [f"# edgecompress bench: {', '.join(map(str, names))}", ""]
+    lines += [f"**{line}**" for line in verdicts(bench)] + ([""] if len(names) > 1 else [])
     lines += [f"- **{label}:** {text}" for label, text in settings(bench)]
     for table in (speed_table(bench), model_table(bench)):
         lines += ["", f"## {table.title}", "", *_md_table(table)]
