@@ -1,6 +1,8 @@
 """``edgecompress analyze``: spectra, energy and data error per rank, suggested ranks, JSON, plot."""
 
 import json
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -63,9 +65,14 @@ def test_ranks_option_and_rounding(small_mlp_pt2: Path, capsys) -> None:
 def test_plot_writes_a_png(small_mlp_pt2: Path, tmp_path: Path, capsys) -> None:
     pytest.importorskip("matplotlib")
     png = tmp_path / "plots" / "spectra.png"
-    code, _, err = run(["analyze", str(small_mlp_pt2), "--calib", "digits", "--plot", str(png), "-q"], capsys)
+    old = os.umask(0o022)
+    try:
+        code, _, err = run(["analyze", str(small_mlp_pt2), "--calib", "digits", "--plot", str(png), "-q"], capsys)
+    finally:
+        os.umask(old)
     assert code == 0, err
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert stat.S_IMODE(png.stat().st_mode) == 0o644  # like any other output, not mkstemp's 0600
     assert [p.name for p in png.parent.iterdir()] == ["spectra.png"]  # no temporary file left behind
 
 

@@ -4,6 +4,8 @@ annotations, no torch import, and the shipped GitHub Actions files."""
 from __future__ import annotations
 
 import json
+import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -142,6 +144,19 @@ def test_json_to_stdout_moves_the_table_to_stderr(project: Path, capsys: pytest.
     assert code == 0
     assert json.loads(out)["passed"] is True
     assert "budget checks passed" in err
+
+
+def test_report_files_get_the_umask_mode(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--json/--markdown files are 0644 under umask 022, like any other output (not mkstemp's 0600)."""
+    old = os.umask(0o022)
+    try:
+        code, _, _ = run(["check", "build/build.json", "--config", "budgets.toml", "--json", "r.json",
+                          "--markdown", "r.md"], capsys)
+    finally:
+        os.umask(old)
+    assert code == 0
+    assert stat.S_IMODE((project / "r.json").stat().st_mode) == 0o644
+    assert stat.S_IMODE((project / "r.md").stat().st_mode) == 0o644
 
 
 def test_markdown_file_and_stdout_conflict(project: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -14,6 +14,7 @@ from rich.table import Table
 
 from edgecompress.cli.console import stage_spinner, stdout
 from edgecompress.errors import InputError, MissingExtraError
+from edgecompress.filemode import chmod_like_new_file
 
 
 def default_ranks(max_rank: int, break_even: int, extra: list[int]) -> list[int]:
@@ -188,6 +189,7 @@ def plot(record: dict[str, Any], path: Path) -> None:
     os.close(handle)
     try:
         figure.savefig(tmp, dpi=110)
+        chmod_like_new_file(tmp)  # mkstemp's 0600 would stay after the rename
         os.replace(tmp, path)
     finally:
         plt.close(figure)

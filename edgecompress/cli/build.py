@@ -184,7 +184,8 @@ def bench_build(record: dict, out: Path, eval_data: str | None, quiet: bool) -> 
     """``build --bench``: benchmark every artifact against the dense export (one thread; batch 1, or the
     batch fixed in the .tflite files)."""
     from edgecompress.bench import run_benchmark, write_json
-    from edgecompress.report import render_markdown
+    from edgecompress.cli.console import stdout
+    from edgecompress.report.terminal import print_report
 
     artifacts = record["artifacts"]
     reference = "dense" if "dense" in artifacts else "dense_tflite"  # --target tflite writes no ONNX
@@ -194,5 +195,5 @@ def bench_build(record: dict, out: Path, eval_data: str | None, quiet: bool) -> 
     result = run_benchmark(paths, data=eval_data, batches=(batch,), threads=1, progress=not quiet)
     write_json(result, out / "bench.json")
     if not quiet:
-        click.echo(render_markdown(result))
+        print_report(result, stdout)
         console.print(f"wrote {out}/bench.json")

@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from edgecompress.errors import BudgetExceeded, InputError
+from edgecompress.filemode import chmod_like_new_file
 
 EPILOG = """\b
 Budgets live in pyproject.toml (or --config FILE), one table per artifact glob,
@@ -44,6 +45,7 @@ def _write_atomic(target: str, text: str) -> None:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
+        chmod_like_new_file(tmp)  # mkstemp's 0600 would stay after the rename
         os.replace(tmp, path)
     except OSError as exc:
         raise InputError(f"cannot write {target}: {exc}") from None

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from edgecompress.errors import InputError
+from edgecompress.filemode import chmod_like_new_file
 from edgecompress.report.html import render_html
 from edgecompress.report.markdown import render_markdown
 
@@ -94,9 +95,7 @@ def write_text(path: str | os.PathLike[str], text: str) -> None:
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
             handle.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
+        chmod_like_new_file(tmp)
         os.replace(tmp, target)
         tmp = None
     except OSError as exc:
