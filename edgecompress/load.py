@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 import pickle
+import sys
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,13 +53,35 @@ def load_factory(spec: str) -> Callable[[], nn.Module]:
             module = importlib.util.module_from_spec(module_spec)
             module_spec.loader.exec_module(module)
         else:
-            module = importlib.import_module(module_name)
+            module = _import_from_here(module_name)
     except ImportError as exc:
-        raise InputError(f"cannot import factory module {module_name!r}: {exc}") from exc
+        hint = ""
+        if isinstance(exc, ModuleNotFoundError) and exc.name == module_name.split(".")[0]:
+            hint = (f"; give the file instead ('{module_name.replace('.', '/')}.py:{attr}') or put its folder "
+                    f"on PYTHONPATH")
+        raise InputError(f"cannot import factory module {module_name!r}: {exc}{hint}") from exc
     factory = getattr(module, attr, None)
     if not callable(factory):
         raise InputError(f"{module_name} has no callable {attr!r}")
     return factory
+
+
+def _import_from_here(module_name: str) -> Any:
+    """Import ``module_name``; if it is not found, retry with the current folder on the import path
+    (``--factory mymodels:make`` next to mymodels.py, as ``python -m`` would find it). Only for an
+    explicit --factory, which runs the named code anyway."""
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        top = module_name.split(".")[0]
+        here = os.getcwd()
+        if exc.name != top or here in sys.path or not (Path(top + ".py").is_file() or Path(top).is_dir()):
+            raise
+        sys.path.insert(0, here)
+        try:
+            return importlib.import_module(module_name)
+        finally:
+            sys.path.remove(here)
 
 
 def _torch_load(path: Path, *, weights_only: bool) -> Any:

@@ -1,3 +1,4 @@
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -6,7 +7,8 @@ import torch
 from torch import nn
 
 from edgecompress.errors import InputError, UnsafeLoadError
-from edgecompress.load import (PICKLE_FLAG, check_input_shape, infer_input_shape, load_model, parse_shape)
+from edgecompress.load import (PICKLE_FLAG, check_input_shape, infer_input_shape, load_factory, load_model,
+                               parse_shape)
 
 FACTORY = "tests.conftest:make_small_mlp"
 
@@ -93,3 +95,24 @@ def test_shape_parsing_and_inference(small_mlp: nn.Module) -> None:
         infer_input_shape(nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(2, 2)))
     with pytest.raises(InputError, match="does not fit"):
         check_input_shape(small_mlp, (1, 65))
+
+
+def test_factory_module_is_found_in_the_current_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--factory mymodels:make_mlp` run from the folder holding mymodels.py (the README's example),
+    without PYTHONPATH; the import path is left as it was."""
+    name = f"mymodels_{tmp_path.name.replace('-', '_')}"
+    (tmp_path / f"{name}.py").write_text("from torch import nn\n\ndef make_mlp():\n    return nn.Linear(4, 2)\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    before = list(sys.path)
+    try:
+        assert isinstance(load_factory(f"{name}:make_mlp")(), nn.Linear)
+    finally:
+        sys.modules.pop(name, None)
+    assert sys.path == before
+
+
+def test_missing_factory_module_suggests_the_file_form(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(InputError, match=r"no_such_models/sub\.py:make'\) or put its folder on PYTHONPATH"):
+        load_factory("no_such_models.sub:make")
