@@ -194,3 +194,32 @@ def test_build_bench_writes_bench_json_with_dense_reference(small_mlp_pt2: Path,
     assert bench["reference"] == "small.dense.onnx"
     compressed = [r for r in bench["results"] if r["model"] == "small.onnx"][0]
     assert compressed["ratios"]["params"] < 1 and compressed["accuracy"] is not None
+
+
+def test_build_help_groups_its_options(capsys: pytest.CaptureFixture) -> None:
+    """`build --help` lists options under titled groups; every option appears exactly once."""
+    code, out, _ = run_cli(["build", "--help"], capsys)
+    assert code == 0
+    titles = ["Model and inputs:", "Rank policy:", "Data:", "Budget mode", "Training", "Targets and quantization:",
+              "Verification:", "Output:"]
+    positions = [out.index(title) for title in titles]
+    assert positions == sorted(positions)
+    assert "digits:train" in out and "--eval DATA" in out
+    assert "Other options:" not in out  # every build option is in a group
+    data = out[out.index("Data:"):out.index("Budget mode")]
+    assert "--calib DATA" in data and "--rank" not in data
+
+
+def test_an_ungrouped_option_lands_in_other() -> None:
+    import click
+
+    from edgecompress.cli.help import OTHER, GroupedCommand
+
+    @click.command(cls=GroupedCommand, groups=(("Main", "", ("--a",)),))
+    @click.option("--a")
+    @click.option("--b", help="added later")
+    def cmd(a: str, b: str) -> None:
+        """Test."""
+
+    out = click.testing.CliRunner().invoke(cmd, ["--help"]).output
+    assert out.index("Main:") < out.index("--a") < out.index(f"{OTHER}:") < out.index("--b")

@@ -8,6 +8,7 @@ import click
 
 from edgecompress.cli.build_view import emit_build
 from edgecompress.cli.console import console, stage_spinner
+from edgecompress.cli.help import GroupedCommand
 from edgecompress.errors import InputError
 
 POLICY_NAMES = ["energy", "entropy", "uniform", "data", "ddlr-convex", "svd-training"]
@@ -62,7 +63,26 @@ def parse_size(text: str | None) -> int | None:
     return int(value)
 
 
-@click.command(context_settings={"show_default": True})
+DATA_SYNTAX = ("DATA is an .npz (x, y), an MNIST-style IDX folder, 'digits' or 'fashion-mnist'; add "
+               ":train, :val or :test to pick a split, e.g. digits:train, ../mnist:val.")
+HELP_GROUPS = (
+    ("Model and inputs", "", ("--input-shape", "--factory", "--allow-pickle", "--exclude", "--compress-head")),
+    ("Rank policy", "", ("--policy", "--energy", "--rank", "--entropy-scale", "--max-error", "--no-refit",
+                         "--round-to")),
+    ("Data", DATA_SYNTAX, ("--eval", "--eval-samples", "--calib", "--calib-samples")),
+    ("Budget mode (search the ranks for one target)", "",
+     ("--max-accuracy-drop", "--eval-split", "--target-params", "--target-size", "--allocation", "--confidence")),
+    ("Training (fine-tuning, SVD training)", "",
+     ("--finetune", "--train", "--epochs", "--distill-weight", "--val", "--lr", "--train-batch", "--temperature",
+      "--train-threads", "--finetune-epochs", "--sparsity", "--lambda-orth", "--lambda-sparsity", "--prune-energy")),
+    ("Targets and quantization", "", ("--target", "--opset", "--no-simplify", "--quantize", "--int8-agreement",
+                                      "--batch")),
+    ("Verification", "", ("--verify-samples", "--atol", "--rtol", "--seed")),
+    ("Output", "", ("--out", "--name", "--json", "--bench", "--quiet", "--help")),
+)
+
+
+@click.command(cls=GroupedCommand, groups=HELP_GROUPS, context_settings={"show_default": True})
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--target", "target_text", default="onnx", help="Comma list of targets: onnx, tflite.")
 @click.option("--out", "-o", type=click.Path(path_type=Path), default=Path("build"), help="Output folder.")
@@ -83,15 +103,15 @@ def parse_size(text: str | None) -> int | None:
                    "a 10-row head saves little and its truncation costs much accuracy).")
 @click.option("--opset", type=int, default=18, help="ONNX opset (18 or higher).")
 @click.option("--no-simplify", is_flag=True, help="Skip onnxsim.")
-@click.option("--eval", "eval_data", default=None, help="Labelled data for accuracy: .npz (x, y), IDX folder, or 'digits'.")
+@click.option("--eval", "eval_data", default=None, metavar="DATA", help="Labelled data for accuracy: .npz (x, y), IDX folder, or 'digits'.")
 @click.option("--eval-samples", type=int, default=None, help="Use only the first N eval samples.")
 @click.option("--verify-samples", type=int, default=256, help="Random inputs used for verification.")
 @click.option("--atol", type=float, default=1e-4, help="Verification: absolute tolerance.")
 @click.option("--rtol", type=float, default=1e-3, help="Verification: tolerance relative to the largest output.")
-@click.option("--calib", "calib_data", default=None, help="Calibration data for data-driven ranks / static int8.")
+@click.option("--calib", "calib_data", default=None, metavar="DATA", help="Calibration data for data-driven ranks / static int8.")
 @click.option("--calib-samples", type=int, default=1024, help="Calibration samples.")
 @click.option("--max-accuracy-drop", type=float, default=None, help="Budget mode: max accuracy drop in points on --eval-split.")
-@click.option("--eval-split", default=None, help="Budget mode: validation data (never the test set).")
+@click.option("--eval-split", default=None, metavar="DATA", help="Budget mode: validation data (never the test set).")
 @click.option("--target-params", type=float, default=None, help="Budget mode: fraction of the compressible Linear layers' parameters to keep, e.g. 0.05 = 5% "
                    "(the dense head and --exclude'd layers are not counted).")
 @click.option("--target-size", "target_size_text", default=None, help="Budget mode: max compressed ONNX file size (the int8 file with --quantize int8), e.g. '400 KB'.")
@@ -102,12 +122,12 @@ def parse_size(text: str | None) -> int | None:
 @click.option("--confidence", type=float, default=0.95,
               help="Budget mode: --max-accuracy-drop must hold for the upper bound of the measured drop at this "
                    "one-sided confidence (0 = the measured drop itself).")
-@click.option("--finetune", "finetune_data", default=None, help="Fine-tune the compressed model on this training data.")
-@click.option("--train", "train_data", default=None, help="svd-training: training data.")
+@click.option("--finetune", "finetune_data", default=None, metavar="DATA", help="Fine-tune the compressed model on this training data.")
+@click.option("--train", "train_data", default=None, metavar="DATA", help="svd-training: training data.")
 @click.option("--epochs", type=int, default=None,
               help="Fine-tuning / SVD-training epochs.  [default: 3 fine-tuning, 2 SVD training]")
 @click.option("--distill-weight", type=float, default=0.5, help="Weight of distillation from the dense model.")
-@click.option("--val", default=None, help="Training: validation data for the best epoch (default: the data's val split; "
+@click.option("--val", default=None, metavar="DATA", help="Training: validation data for the best epoch (default: the data's val split; "
                                           "an .npz: its last 10%).")
 @click.option("--lr", type=float, default=None, help="Training: peak learning rate (Adam, cosine decay).  [default: 1e-3]")
 @click.option("--train-batch", "batch_size", type=int, default=None, help="Training: batch size.  [default: 128]")
@@ -173,6 +193,10 @@ def build(model: Path, target_text: str, out: Path, name: str | None, input_shap
         round_to=round_to, allocation=allocation, confidence=confidence, finetune_data=finetune_data, train_data=train_data, epochs=epochs,
         distill_weight=distill_weight, training=training, quantize=quantize, int8_min_agreement=int8_agreement, batch=batch,
     )
+    if policy == "ddlr-convex" and not quiet:
+        console.print("[yellow]note[/]: ddlr-convex solves a convex program per layer (ADMM, up to 1,000 "
+                      "iterations each): seconds to minutes per layer, progress and an estimate are shown; "
+                      "--policy data finds closed-form ranks in seconds", soft_wrap=True)
     with stage_spinner(quiet) as progress:
         result = run_build(config, progress=progress)
     emit_build(result.record, out, json_out, quiet)

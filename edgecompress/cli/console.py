@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import time
 from typing import Callable, Iterator
 
 from rich.console import Console
@@ -18,11 +19,32 @@ def interactive(quiet: bool = False) -> bool:
     return not quiet and sys.stderr.isatty() and not os.environ.get("CI")
 
 
+LOG_EVERY = 30.0  # seconds between progress lines when stderr is not a terminal
+
+
+def progress_lines(every: float = LOG_EVERY) -> Callable[[str], None]:
+    """A ``progress(stage)`` callback for logs and CI: the latest stage as one stderr line, at most
+    every ``every`` seconds and not before ``every`` seconds have passed (short runs print nothing)."""
+    clock = {"last": time.monotonic()}
+
+    def log(stage: str) -> None:
+        now = time.monotonic()
+        if now - clock["last"] >= every:
+            clock["last"] = now
+            console.print(f"… {stage.replace('_', ' ')}", soft_wrap=True)
+
+    return log
+
+
 @contextlib.contextmanager
 def stage_spinner(quiet: bool = False) -> Iterator[Callable[[str], None] | None]:
-    """Yield a ``progress(stage)`` callback that updates a spinner (None when not interactive)."""
-    if not interactive(quiet):
+    """Yield a ``progress(stage)`` callback that updates a spinner on a terminal, prints a line every
+    30 s otherwise (a log file, CI), and is None with --quiet."""
+    if quiet:
         yield None
+        return
+    if not interactive(quiet):
+        yield progress_lines()
         return
     with console.status("starting") as status:
         yield lambda stage: status.update(f"[bold]{stage.replace('_', ' ')}[/]…")

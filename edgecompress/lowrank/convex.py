@@ -27,12 +27,22 @@ iterates, with penalty ``rho`` (balanced adaptively) and duals ``Y1``, ``Y2``::
     Y1 <- Y1 + Z - Q;   Y2 <- Y2 + Z X~ - U
 
 until the primal and dual residuals fall below ``tol`` (relative). The rank is read off ``Q``
-(exactly low-rank after thresholding). Every iteration costs one full SVD of an out x in matrix.
+(exactly low-rank after thresholding).
+
+Speed. The thresholding needs only the singular triplets above ``1/rho``, and ``Z + Y1`` changes
+little from one iteration to the next. :class:`ThresholdSVD` therefore does a full SVD only while
+the rank is large; once it is small (below a quarter of the smaller dimension) it refines the
+previous iteration's right singular vectors (plus a few spare directions) by subspace iteration
+and a small SVD, and accepts the result only when the spare directions fall below the threshold
+and every kept triplet's residual is below ``1e-9`` of the largest singular value — else it falls
+back to the full SVD. The products with the calibration inputs are computed once per iteration and
+reused by the update and the residuals.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -57,6 +67,8 @@ class ConvexResult:
     converged: bool
     relu: bool
     max_error: float
+    full_svds: int = 0  # SVDs done in full / as a warm-started truncated SVD (ThresholdSVD)
+    truncated_svds: int = 0
 
     @property
     def weight(self) -> torch.Tensor:
@@ -66,15 +78,74 @@ class ConvexResult:
     def to_json(self) -> dict[str, Any]:
         return {"rank": self.rank, "fit_error": round(self.fit_error, 6), "max_error": self.max_error,
                 "max_violation": round(self.max_violation, 8), "iterations": self.iterations,
-                "converged": self.converged, "relu_aware": self.relu, "nuclear_norm": round(float(self.s.sum()), 6)}
+                "converged": self.converged, "relu_aware": self.relu, "nuclear_norm": round(float(self.s.sum()), 6),
+                "svds": {"full": self.full_svds, "truncated": self.truncated_svds}}
 
 
-def singular_value_threshold(matrix: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The prox of ``threshold * ||.||_*``: SVD with singular values soft-thresholded (zeros dropped)."""
-    u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
+Triplets = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def _soft_threshold(u: torch.Tensor, s: torch.Tensor, vh: torch.Tensor, threshold: float) -> Triplets:
     s = (s - threshold).clamp_min(0.0)
     keep = int((s > 0).sum())
     return u[:, :keep], s[:keep], vh[:keep]
+
+
+def singular_value_threshold(matrix: torch.Tensor, threshold: float) -> Triplets:
+    """The prox of ``threshold * ||.||_*``: SVD with singular values soft-thresholded (zeros dropped)."""
+    return _soft_threshold(*torch.linalg.svd(matrix, full_matrices=False), threshold)
+
+
+class ThresholdSVD:
+    """Singular-value thresholding of a slowly changing sequence of matrices (module docstring):
+    a warm-started truncated SVD while the rank is small, the full SVD otherwise.
+
+    ``full`` / ``truncated`` count the SVDs of each kind (for the benchmark and the tests).
+    """
+
+    SPARE = 8  # extra directions beyond the last rank: they must come out below the threshold
+    MAX_SWEEPS = 6  # subspace-iteration sweeps before giving up and doing the full SVD
+    RESIDUAL = 1e-9  # accepted ||M v - s u||, ||M^T u - s v|| relative to the largest singular value
+
+    def __init__(self, *, seed: int = 0, truncate: bool = True) -> None:
+        self.truncate = truncate
+        self.basis: torch.Tensor | None = None  # in x k: the last right singular vectors
+        self.generator = torch.Generator().manual_seed(seed)
+        self.full = 0
+        self.truncated = 0
+
+    def __call__(self, matrix: torch.Tensor, threshold: float) -> Triplets:
+        small = min(matrix.shape)
+        width = 0 if self.basis is None else self.basis.shape[1] + self.SPARE
+        if self.truncate and 0 < width <= small // 4:
+            found = self._truncated(matrix, threshold, width)
+            if found is not None:
+                self.truncated += 1
+                return self._keep(found)
+        self.full += 1
+        return self._keep(singular_value_threshold(matrix, threshold))
+
+    def _keep(self, triplets: Triplets) -> Triplets:
+        self.basis = triplets[2].T
+        return triplets
+
+    def _truncated(self, matrix: torch.Tensor, threshold: float, width: int) -> Triplets | None:
+        assert self.basis is not None
+        extra = torch.randn(matrix.shape[1], width - self.basis.shape[1], dtype=matrix.dtype, generator=self.generator)
+        v = torch.linalg.qr(torch.cat([self.basis, extra], dim=1)).Q
+        for _ in range(self.MAX_SWEEPS):
+            u = torch.linalg.qr(matrix @ v).Q
+            v = torch.linalg.qr(matrix.T @ u).Q
+            ub, s, vbh = torch.linalg.svd(matrix @ v, full_matrices=False)
+            if float(s[-1]) >= threshold:  # the spare directions are not below the threshold: too narrow
+                return None
+            keep = int((s > threshold).sum())
+            left, right = ub[:, :keep], (v @ vbh.T)[:, :keep]
+            scale = max(float(s[0]), 1e-300)
+            residual = float((matrix.T @ left - right * s[:keep]).norm(dim=0).max()) if keep else 0.0
+            if residual <= self.RESIDUAL * scale:
+                return _soft_threshold(left, s[:keep], right.T, threshold)
+        return None
 
 
 @dataclass(frozen=True)
@@ -101,7 +172,7 @@ class _Constraint:
 
 def solve_ddlr(weight: torch.Tensor, inputs: torch.Tensor, *, bias: torch.Tensor | None = None, relu: bool = False,
                max_error: float = 0.1, max_iter: int = 1000, tol: float = 1e-4, rho: float | None = None,
-               progress: Progress | None = None) -> ConvexResult:
+               progress: Progress | None = None, truncate: bool = True) -> ConvexResult:
     """Solve the DDLR program (module docstring) for one layer.
 
     Args:
@@ -113,7 +184,8 @@ def solve_ddlr(weight: torch.Tensor, inputs: torch.Tensor, *, bias: torch.Tensor
         max_iter: ADMM iteration cap (``converged`` tells whether ``tol`` was reached).
         tol: relative primal/dual residual at which to stop.
         rho: initial penalty (default: 10 / largest singular value of ``weight``).
-        progress: called every few iterations with a status line.
+        progress: called every few iterations with a status line (iteration, rank, residuals, estimate).
+        truncate: allow the warm-started truncated SVD (False: a full SVD every iteration).
     """
     w = weight.to(torch.float64)
     out_features, in_features = w.shape
@@ -132,26 +204,31 @@ def solve_ddlr(weight: torch.Tensor, inputs: torch.Tensor, *, bias: torch.Tensor
 
     z, q, u_var = w.clone(), w.clone(), target.clone()
     y1, y2 = torch.zeros_like(w), torch.zeros_like(target)
-    svd = singular_value_threshold(q, 0.0)
+    ux, y2x = u_var @ xs.T, y2 @ xs.T  # U X~^T and Y2 X~^T, each computed once per iteration
+    svt = ThresholdSVD(truncate=truncate)
+    svd = svt(q, 0.0)
     converged, iteration = False, 0
+    clock = _Eta(max_iter)
     for iteration in range(1, max_iter + 1):
-        rhs = (q - y1) + (u_var - y2) @ xs.T
-        z = torch.cholesky_solve(rhs.T, chol).T
+        z = torch.cholesky_solve(((q - y1) + (ux - y2x)).T, chol).T
         zx = z @ xs
-        q_old, u_old = q, u_var
+        q_old, ux_old = q, ux
         z_relaxed = RELAXATION * z + (1 - RELAXATION) * q_old
-        zx_relaxed = RELAXATION * zx + (1 - RELAXATION) * u_old
-        svd = singular_value_threshold(z_relaxed + y1, 1.0 / rho)
+        zx_relaxed = RELAXATION * zx + (1 - RELAXATION) * u_var
+        svd = svt(z_relaxed + y1, 1.0 / rho)
         q = (svd[0] * svd[1]) @ svd[2]
-        u_var = constraint.project(zx_relaxed + y2)
+        u_var_new = constraint.project(zx_relaxed + y2)
         y1 += z_relaxed - q
-        y2 += zx_relaxed - u_var
+        y2 += zx_relaxed - u_var_new
+        u_var = u_var_new
+        ux, y2x = u_var @ xs.T, y2 @ xs.T
         primal = math.sqrt(float((z - q).square().sum() + (zx - u_var).square().sum()))
-        dual = rho * float(((q - q_old) + (u_var - u_old) @ xs.T).norm())
+        dual = rho * float(((q - q_old) + (ux - ux_old)).norm())
         primal /= max(float(z.norm()), float(q.norm()), float(zx.norm()), float(u_var.norm()), 1e-300)
-        dual /= max(rho * float(y1.norm()), rho * float((y2 @ xs.T).norm()), 1e-300)
-        if progress and iteration % 10 == 0:
-            progress(f"iteration {iteration}/{max_iter}, rank {svd[1].numel()}, residuals {primal:.1e}/{dual:.1e}")
+        dual /= max(rho * float(y1.norm()), rho * float(y2x.norm()), 1e-300)
+        if progress and clock.due(iteration):
+            progress(f"iteration {iteration} (at most {max_iter}), rank {svd[1].numel()}, residuals "
+                     f"{primal:.1e}/{dual:.1e} (stop at {tol:.0e}), {clock.describe(iteration)}")
         if primal <= tol and dual <= tol:
             converged = True
             break
@@ -160,9 +237,34 @@ def solve_ddlr(weight: torch.Tensor, inputs: torch.Tensor, *, bias: torch.Tensor
             rho *= factor
             y1 /= factor
             y2 /= factor
+            y2x /= factor
     u, s, vh = svd
     return ConvexResult(u, s, vh, int(s.numel()), *_constraint_report(q, w, x, b, active, reference),
-                        iteration, converged, relu, max_error)
+                        iteration, converged, relu, max_error, svt.full, svt.truncated)
+
+
+class _Eta:
+    """When to report (every 10 iterations, at most every 2 s) and a time estimate for the rest."""
+
+    def __init__(self, max_iter: int) -> None:
+        self.max_iter = max_iter
+        self.start = time.perf_counter()
+        self.last = -math.inf
+
+    def due(self, iteration: int) -> bool:
+        now = time.perf_counter()
+        if iteration % 10 or now - self.last < 2.0:
+            return False
+        self.last = now
+        return True
+
+    def describe(self, iteration: int) -> str:
+        per = (time.perf_counter() - self.start) / iteration
+        return f"{per * 1000:.0f} ms/iteration, at most {_duration(per * (self.max_iter - iteration))} left"
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
 
 
 def _constraint_report(q: torch.Tensor, w: torch.Tensor, x: torch.Tensor, b: torch.Tensor,
