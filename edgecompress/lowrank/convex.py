@@ -199,18 +199,19 @@ def solve_ddlr(weight: torch.Tensor, inputs: torch.Tensor, *, bias: torch.Tensor
     upper = (-b / scale)[:, None].expand_as(target) if relu else None
     reference = float(pre.clamp_min(0.0).norm()) if relu else float(target.norm()) * scale
     constraint = _Constraint(target, active, upper, max_error * reference / scale)
-    chol = torch.linalg.cholesky(torch.eye(in_features, dtype=torch.float64) + xs @ xs.T)
+    gram = xs @ xs.T
+    solve = torch.cholesky_inverse(torch.linalg.cholesky(torch.eye(in_features, dtype=torch.float64) + gram))
     rho = rho or 10.0 / max(float(torch.linalg.matrix_norm(w, ord=2)), 1e-300)
 
     z, q, u_var = w.clone(), w.clone(), target.clone()
     y1, y2 = torch.zeros_like(w), torch.zeros_like(target)
-    ux, y2x = u_var @ xs.T, y2 @ xs.T  # U X~^T and Y2 X~^T, each computed once per iteration
+    ux, y2x = u_var @ xs.T, y2 @ xs.T  # U X~^T and Y2 X~^T: one product with X~ per iteration
     svt = ThresholdSVD(truncate=truncate)
     svd = svt(q, 0.0)
     converged, iteration = False, 0
     clock = _Eta(max_iter)
     for iteration in range(1, max_iter + 1):
-        z = torch.cholesky_solve(((q - y1) + (ux - y2x)).T, chol).T
+        z = ((q - y1) + (ux - y2x)) @ solve  # (I + X~ X~^T) is symmetric: its inverse, once
         zx = z @ xs
         q_old, ux_old = q, ux
         z_relaxed = RELAXATION * z + (1 - RELAXATION) * q_old
@@ -220,8 +221,10 @@ def solve_ddlr(weight: torch.Tensor, inputs: torch.Tensor, *, bias: torch.Tensor
         u_var_new = constraint.project(zx_relaxed + y2)
         y1 += z_relaxed - q
         y2 += zx_relaxed - u_var_new
-        u_var = u_var_new
-        ux, y2x = u_var @ xs.T, y2 @ xs.T
+        ux_new = u_var_new @ xs.T
+        # Y2 X~^T follows from its update without a product with X~: (Z X~) X~^T = Z (X~ X~^T)
+        y2x += RELAXATION * (z @ gram) + (1 - RELAXATION) * ux - ux_new
+        u_var, ux = u_var_new, ux_new
         primal = math.sqrt(float((z - q).square().sum() + (zx - u_var).square().sum()))
         dual = rho * float(((q - q_old) + (ux - ux_old)).norm())
         primal /= max(float(z.norm()), float(q.norm()), float(zx.norm()), float(u_var.norm()), 1e-300)

@@ -16,6 +16,17 @@ from rich.text import Text
 from edgecompress.report.markdown import NOTES, Cell, Table, model_table, speed_table, verdicts
 
 STYLES = {"good": "green", "bad": "red", "": "dim"}
+# The terminal's speed table leaves out p90, min and mean (in --md, --json and --html) to fit 100 columns.
+TERMINAL_SPEED_COLUMNS = ("Model", "Batch", "p50 ms", "p99 ms", "Samples/s", "Init ms", "First ms", "Peak RSS MiB",
+                          "+RSS MiB")
+PIPE_WIDTH = 160  # output to a file or a pipe is not cut to 80 columns
+
+
+def columns(table: Table, headers: tuple[str, ...]) -> Table:
+    """``table`` with only the named columns, in their original order."""
+    keep = [i for i, h in enumerate(table.headers) if h in headers]
+    return Table(table.title, tuple(table.headers[i] for i in keep), tuple(table.align[i] for i in keep),
+                 tuple(tuple(row[i] for i in keep) for row in table.cells))
 
 
 def _cell(cell: Cell) -> Text:
@@ -28,8 +39,9 @@ def _cell(cell: Cell) -> Text:
 def rich_table(table: Table) -> RichTable:
     """A rich table with the value and, below it, the coloured comparison with the reference."""
     out = RichTable(title=table.title, title_justify="left", header_style="bold")
-    for header, align in zip(table.headers, table.align):
-        out.add_column(header, justify="right" if align == "r" else "left")
+    for index, (header, align) in enumerate(zip(table.headers, table.align)):
+        out.add_column(header, justify="right" if align == "r" else "left", overflow="fold",
+                       no_wrap=index > 0)
     for row in table.cells:
         out.add_row(*(_cell(c) for c in row))
     return out
@@ -37,8 +49,10 @@ def rich_table(table: Table) -> RichTable:
 
 def print_report(bench: Mapping[str, Any], console: Console) -> None:
     """The verdict line(s), then the speed and the size/accuracy tables, then the legend."""
+    if not console.is_terminal:
+        console = Console(file=console.file, width=max(console.width, PIPE_WIDTH), highlight=False)
     for line in verdicts(bench):
         console.print(Text(line, style="bold"))
-    for table in (speed_table(bench), model_table(bench)):
+    for table in (columns(speed_table(bench), TERMINAL_SPEED_COLUMNS), model_table(bench)):
         console.print(rich_table(table))
-    console.print(Text(NOTES, style="dim"))
+    console.print(Text(NOTES + " p90, min and mean latency: --md, --json or --html.", style="dim"))
