@@ -133,7 +133,7 @@ def size_accuracy_plot(bench: Mapping[str, Any]) -> Plot | None:
     ys = [p[1] for p in points]
     pad = max(0.5, (max(ys) - min(ys)) * 0.2)
     ax.set_ylim(min(ys) - pad, min(100.0 + pad / 4, max(ys) + pad))
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0, frameon=False)
+    ax.legend(fontsize=9, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0, frameon=False)
     fig.tight_layout()
     return Plot(f"Size vs {key.replace('_', ' ').replace('top1', 'top-1')}", _png(fig, canvas_cls),
                 f"Scatter of file size against {label} per model")
