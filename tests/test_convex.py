@@ -11,7 +11,7 @@ from torch import nn
 from edgecompress.cli import main
 from edgecompress.errors import InputError
 from edgecompress.lowrank.calibration import LayerInputs, calibrate
-from edgecompress.lowrank.convex import singular_value_threshold, solve_ddlr
+from edgecompress.lowrank.convex import ThresholdSVD, singular_value_threshold, solve_ddlr
 from edgecompress.lowrank.data_policies import data_spectrum
 from edgecompress.lowrank.factorize import LowRankLinear, compress
 from edgecompress.lowrank.policies import PolicyContext, make_policy
@@ -121,3 +121,32 @@ def test_build_with_ddlr_convex_records_each_solution(tmp_path: Path, capsys) ->
     assert solution["relu_aware"] and solution["rank"] == record["layers"][0]["rank"] < 6
     assert record["policy"] == {"name": "ddlr-convex", "max_error": 0.2, "max_iter": 1000, "tol": 1e-4,
                                 "refit": False}
+
+
+def test_warm_started_truncated_svd_matches_the_full_one() -> None:
+    """On a slowly changing sequence of nearly low-rank matrices, ThresholdSVD switches to the
+    truncated SVD and returns the same thresholded matrix as a full SVD."""
+    generator = torch.Generator().manual_seed(1)
+    base = torch.randn(120, 6, generator=generator, dtype=torch.float64) @ torch.randn(6, 100, generator=generator,
+                                                                                         dtype=torch.float64)
+    svt = ThresholdSVD()
+    for step in range(12):
+        matrix = base + 0.01 * torch.randn(120, 100, generator=generator, dtype=torch.float64) * (1 + step % 3)
+        u, s, vh = svt(matrix, 1.0)
+        ref = singular_value_threshold(matrix, 1.0)
+        assert s.numel() == ref[1].numel() == 6
+        torch.testing.assert_close((u * s) @ vh, (ref[0] * ref[1]) @ ref[2], rtol=0, atol=1e-8)
+    assert svt.full == 1 and svt.truncated == 11  # only the first call had no basis to start from
+
+
+def test_truncated_and_full_solvers_agree_and_report_progress(small_layer) -> None:
+    layer, x = small_layer
+    big = torch.block_diag(*[layer.weight.detach().double()] * 5)  # 70x50: rank small enough to truncate
+    inputs = torch.cat([x] * 5, dim=1)
+    lines: list[str] = []
+    fast = solve_ddlr(big, inputs, max_error=0.3, max_iter=60, progress=lines.append)
+    full = solve_ddlr(big, inputs, max_error=0.3, max_iter=60, truncate=False)
+    assert fast.truncated_svds > 0 and full.truncated_svds == 0 and full.full_svds == full.iterations + 1
+    assert fast.rank == full.rank and fast.iterations == full.iterations
+    assert fast.fit_error == pytest.approx(full.fit_error, rel=1e-6, abs=1e-9)
+    assert lines and lines[0].startswith("iteration 10 (at most 60), rank ") and "left" in lines[0]
