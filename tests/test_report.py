@@ -131,6 +131,24 @@ def test_html_is_self_contained_with_png_plots() -> None:
     assert page.count("<table>") == 2 and "model.onnx" in page
 
 
+def test_html_has_the_verdict_and_coloured_ratios() -> None:
+    page = render_html(bench_fixture())
+    verdict = re.search(r'<p class="verdict">([^<]*)</p>', page)
+    assert verdict and verdict[1] == ("model.onnx: 0.07× size, 0.50× p50 latency (batch 1), 0.50× p50 latency "
+                                      "(batch 32), −0.20 pt accuracy vs dense.onnx")
+    assert '<span class="x good">0.50×</span>' in page  # faster than the reference
+    assert '<span class="x bad">−0.20 pt</span>' in page  # accuracy lost
+    assert "7.11 MiB" in page and "532.23 KiB" in page  # one size convention: binary units
+
+
+def test_log_ticks_are_dense_enough_within_one_decade() -> None:
+    from edgecompress.report.plots import nice_log_ticks
+
+    assert nice_log_ticks(45, 500) == [50, 100, 200, 500]
+    assert nice_log_ticks(61, 69) == [61, 69]  # no round value inside: the two ends
+    assert nice_log_ticks(40, 95) == [40, 50, 60, 70, 80, 90]
+
+
 def test_html_without_matplotlib_has_tables_and_a_note(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
     page = render_html(bench_fixture())

@@ -35,7 +35,8 @@ def _matplotlib() -> tuple[Any, Any]:
 
 def nice_log_ticks(low: float, high: float) -> list[float]:
     """Tick values for a log axis over [low, high]: 1-2-5 steps, or 1..9 steps when that gives fewer
-    than four ticks (a range within one decade would otherwise show one or two)."""
+    than four ticks (a range within one decade would otherwise show one or two); the two ends when
+    even that gives fewer than two."""
     if not (0 < low <= high):
         return []
     for steps in ((1, 2, 5), (1, 2, 3, 4, 5, 6, 7, 8, 9)):
@@ -44,7 +45,7 @@ def nice_log_ticks(low: float, high: float) -> list[float]:
         inside = [t for t in ticks if low <= t <= high]
         if len(inside) >= 4:
             return inside
-    return inside
+    return inside if len(inside) >= 2 else [low, high]
 
 
 def _plain_log_axis(axis: Any, low: float, high: float) -> None:
