@@ -90,6 +90,7 @@ def latency_plot(bench: Mapping[str, Any]) -> Plot | None:
         ax.set_yticks(range(1, len(labels) + 1), labels)
         ax.set_title(f"batch {batch}", fontsize=10, loc="left")
         ax.grid(axis="x", alpha=0.3)
+        ax.tick_params(labelbottom=True)  # shared axis, but every panel keeps its numbers
     if log:
         axes[-1].set_xscale("log")
         low, high = min(values) / 1.2, max(values) * 1.2
