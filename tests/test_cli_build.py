@@ -212,6 +212,7 @@ def test_build_help_groups_its_options(capsys: pytest.CaptureFixture) -> None:
 
 def test_an_ungrouped_option_lands_in_other() -> None:
     import click
+    from click.testing import CliRunner
 
     from edgecompress.cli.help import OTHER, GroupedCommand
 
@@ -221,5 +222,5 @@ def test_an_ungrouped_option_lands_in_other() -> None:
     def cmd(a: str, b: str) -> None:
         """Test."""
 
-    out = click.testing.CliRunner().invoke(cmd, ["--help"]).output
+    out = CliRunner().invoke(cmd, ["--help"]).output
     assert out.index("Main:") < out.index("--a") < out.index(f"{OTHER}:") < out.index("--b")
