@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "bench": "edgecompress.cli.bench:bench",
     "report": "edgecompress.cli.bench:report",
     "check": "edgecompress.cli.check:check",
+    "sweep": "edgecompress.cli.sweep:sweep",
 }
 
 

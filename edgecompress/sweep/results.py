@@ -1,0 +1,149 @@
+"""The sweep's results table: results.json, results.md and results.html (with the accuracy-vs-size
+Pareto plot), written atomically beside the entries' folders. Torch-free."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from edgecompress import provenance
+from edgecompress.report.html import _CSS, _table
+from edgecompress.report.markdown import NA, Table, _md_table, fmt_bytes, fmt_int, fmt_pct
+
+SCHEMA = "edgecompress.sweep/1"
+FILES = ("results.json", "results.md", "results.html")
+
+
+def pareto_front(rows: Sequence[Mapping[str, Any]]) -> set[str]:
+    """Labels of the finished entries no other entry beats on both size (smaller) and accuracy (higher)."""
+    points = [(r["entry"], r["bytes"], r["accuracy"]) for r in rows
+              if r.get("status") == "ok" and r.get("bytes") is not None and r.get("accuracy") is not None]
+    return {label for label, size, acc in points
+            if not any(s <= size and a >= acc and (s < size or a > acc) for _, s, a in points)}
+
+
+def results_record(name: str, config: str, rows: list[dict[str, Any]], counts: Mapping[str, int], wall_s: float,
+                   ray: Mapping[str, Any], interrupted: bool) -> dict[str, Any]:
+    """results.json: settings, counts and one row per entry (``pareto`` marks the front)."""
+    front = pareto_front(rows)
+    return {"schema": SCHEMA, "name": name, "config": config, "provenance": provenance.collect(),
+            "ray": dict(ray), "wall_s": wall_s, "interrupted": interrupted, "counts": dict(counts),
+            "entries": [{**row, "pareto": row["entry"] in front} for row in rows]}
+
+
+def _delta_pt(row: Mapping[str, Any]) -> str:
+    acc, dense = row.get("accuracy"), row.get("dense_accuracy")
+    return NA if acc is None or dense is None else f"{(acc - dense) * 100:+.2f}"
+
+
+def _params(row: Mapping[str, Any]) -> str:
+    after, before = row.get("linear_params"), row.get("linear_params_dense")
+    if after is None:
+        return NA
+    return fmt_int(after) + (f" ({after / before:.2f}×)" if before else "")
+
+
+def results_table(record: Mapping[str, Any]) -> Table:
+    """One row per entry; failed entries show their error line."""
+    rows = []
+    for row in record["entries"]:
+        ok = row.get("status") == "ok"
+        status = ("skipped (done before)" if row.get("skipped") else "ok") if ok else "failed"
+        rows.append((row["entry"] + (" ★" if row.get("pareto") else ""), status, str(row.get("policy") or
+                     row.get("options", {}).get("policy", NA)),
+                     _params(row) if ok else NA, fmt_bytes(row.get("bytes")), fmt_bytes(row.get("int8_bytes")),
+                     fmt_pct(row.get("accuracy")), _delta_pt(row),
+                     NA if row.get("seconds") is None else f"{row['seconds']:.1f}",
+                     "" if ok else str(row.get("error", ""))))
+    return Table("Entries", ("entry", "status", "policy", "Linear params (vs dense)", "ONNX size", "int8 size",
+                             "accuracy", "Δ vs dense (pt)", "build s", "error"),
+                 ("l", "l", "l", "r", "r", "r", "r", "r", "r", "l"), tuple(rows))
+
+
+def _summary(record: Mapping[str, Any]) -> list[tuple[str, str]]:
+    counts, ray = record["counts"], record.get("ray") or {}
+    items = [("config", str(record["config"])),
+             ("entries", f"{counts['total']}: {counts['done']} built, {counts['failed']} failed, "
+                         f"{counts['skipped']} skipped (finished in an earlier run)"),
+             ("wall time", f"{record['wall_s']:.1f} s")]
+    if ray:
+        items.append(("Ray", f"{ray.get('address')}, {ray.get('cpus')} CPUs, {ray.get('cpus_per_entry')} per entry, "
+                             f"max_retries {ray.get('max_retries')}"))
+    if record.get("interrupted"):
+        items.append(("interrupted", "yes: the entries not listed as ok had not finished"))
+    return items
+
+
+NOTE = ("★ marks the Pareto front: no other entry is both smaller (compressed ONNX file) and more accurate. "
+        "Δ vs dense is the accuracy change in percentage points against the entry's own dense export.")
+
+
+def render_markdown(record: Mapping[str, Any]) -> str:
+    lines = [f"# edgecompress sweep: {record['name']}", ""]
+    lines += [f"- **{label}:** {text}" for label, text in _summary(record)]
+    lines += ["", *_md_table(results_table(record)), "", NOTE, ""]
+    return "\n".join(lines)
+
+
+def pareto_plot(record: Mapping[str, Any]) -> bytes | None:
+    """PNG: compressed ONNX size (log) vs accuracy per entry, the Pareto front joined by a line."""
+    from edgecompress.report.plots import _matplotlib, _plain_log_axis, _png
+
+    points = [(r["bytes"] / 1024, r["accuracy"] * 100, r["entry"], r.get("pareto")) for r in record["entries"]
+              if r.get("status") == "ok" and r.get("bytes") is not None and r.get("accuracy") is not None]
+    if not points:
+        return None
+    figure_cls, canvas_cls = _matplotlib()
+    fig = figure_cls(figsize=(7, 4.5))
+    ax = fig.subplots()
+    ax.scatter([p[0] for p in points], [p[1] for p in points], s=30, color="#888", label="entry")
+    front = sorted((p for p in points if p[3]), key=lambda p: p[0])
+    ax.plot([p[0] for p in front], [p[1] for p in front], "o-", color="#c03", label="Pareto front")
+    for x, y, label, _ in points:
+        ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 3), fontsize=7)
+    ax.set_xscale("log")
+    _plain_log_axis(ax.xaxis)
+    ax.set_xlabel("compressed ONNX size (KiB, log scale)")
+    ax.set_ylabel("accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _png(fig, canvas_cls)
+
+
+def render_html(record: Mapping[str, Any]) -> str:
+    try:
+        png = pareto_plot(record)
+        plot = ('<p class="note">No finished entry with an accuracy to plot.</p>' if png is None else
+                f'<figure><img src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}" '
+                'alt="Accuracy against compressed ONNX size per entry, Pareto front joined">'
+                "<figcaption>Accuracy vs size</figcaption></figure>")
+    except ImportError:
+        plot = "<p class=\"note\">Plot omitted: matplotlib is not installed (pip install 'edgecompress[plot]').</p>"
+    title = html.escape(f"edgecompress sweep: {record['name']}")
+    items = "\n".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in _summary(record))
+    return "\n".join(["<!DOCTYPE html>", '<html lang="en">', '<head><meta charset="utf-8">', f"<title>{title}</title>",
+                      f"<style>{_CSS}</style></head>", "<body>", f"<h1>{title}</h1>", f"<dl>\n{items}\n</dl>",
+                      _table(results_table(record), None), f'<p class="note">{html.escape(NOTE)}</p>',
+                      "<h2>Accuracy vs size</h2>", plot, "</body>", "</html>", ""])
+
+
+def _write(path: Path, text: str) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(text, encoding="utf-8")
+    os.replace(temporary, path)
+
+
+def write_results(record: Mapping[str, Any], out: Path) -> list[Path]:
+    """results.json, results.md, results.html in ``out`` (each replaced atomically)."""
+    out.mkdir(parents=True, exist_ok=True)
+    texts = (json.dumps(record, indent=2) + "\n", render_markdown(record), render_html(record))
+    paths = [out / name for name in FILES]
+    for path, text in zip(paths, texts):
+        _write(path, text)
+    return paths
