@@ -276,8 +276,8 @@ def load_config(path: str | os.PathLike[str] | None = None, *, cwd: Path | None 
     return _load_file(cwd / Path(path), require_tool=None)
 
 
-def _load_file(path: Path, *, require_tool: bool | None) -> CheckConfig:
-    path = path.absolute()
+def read_toml(path: Path) -> tuple[str, dict[str, Any]]:
+    """A TOML file's text and data; ConfigError naming ``file:line`` when it is missing or invalid."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -285,13 +285,18 @@ def _load_file(path: Path, *, require_tool: bool | None) -> CheckConfig:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read config file {_display(path)}: {exc}") from None
     try:
-        data = tomllib.loads(text)
+        return text, tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         match = re.search(r"at line (\d+)", str(exc))
         line = int(match[1]) if match else None
         where = f"{_display(path)}:{line}" if line else _display(path)
         source = _Lines(text).text(line)
         raise ConfigError(f"{where}: invalid TOML: {exc}" + (f"  [{source}]" if source else "")) from None
+
+
+def _load_file(path: Path, *, require_tool: bool | None) -> CheckConfig:
+    path = path.absolute()
+    text, data = read_toml(path)
     tool = data.get("tool")
     has_tool = isinstance(tool, dict) and "edgecompress" in tool
     if require_tool is None:  # --config FILE: pyproject-style or a plain budget file

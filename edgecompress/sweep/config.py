@@ -30,12 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgecompress.check.config import read_toml
 from edgecompress.errors import ConfigError
-
-try:  # Python >= 3.11
-    import tomllib
-except ModuleNotFoundError:  # pragma: no cover - Python 3.10
-    import tomli as tomllib  # type: ignore[no-redef]
 
 _STR, _INT, _NUM, _BOOL = (str,), (int,), (int, float), (bool,)
 # entry option -> allowed value types (a list value is also allowed where list is named)
@@ -210,26 +206,11 @@ def _unique_labels(entries: list[EntrySpec]) -> list[EntrySpec]:
     return unique
 
 
-def _read(path: Path) -> tuple[str, dict[str, Any]]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"sweep config {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read sweep config {path}: {exc}") from None
-    try:
-        return text, tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        match = re.search(r"at line (\d+)", str(exc))
-        where = f"{path}:{match[1]}" if match else str(path)
-        raise ConfigError(f"{where}: invalid TOML: {exc}") from None
-
-
 def load_sweep(path: str | Path, *, out: str | Path | None = None) -> SweepConfig:
     """Parse and expand a sweep file; ``out`` overrides ``[sweep] out``. Relative paths in it are
     relative to the file's folder (resolved when entries are resolved)."""
     path = Path(path)
-    text, data = _read(path)
+    text, data = read_toml(path)
     src = _Source(path, text)
     for section in data:
         if section not in SECTIONS:
