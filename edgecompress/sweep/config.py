@@ -236,6 +236,6 @@ def load_sweep(path: str | Path, *, out: str | Path | None = None) -> SweepConfi
     if cpus < 1:
         raise src.error("sweep", 0, "cpus_per_entry", f"cpus_per_entry must be >= 1, got {cpus}")
     base = path.resolve().parent
-    out_dir = Path(out) if out is not None else base / settings.get("out", f"{path.stem}-sweep")
+    out_dir = Path(out) if out is not None else (base / settings.get("out", f"{path.stem}-sweep")).resolve()
     return SweepConfig(path=path, name=settings.get("name", path.stem), out=out_dir, entries=tuple(entries),
                        cpus_per_entry=cpus, base_dir=base)
