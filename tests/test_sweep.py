@@ -83,6 +83,7 @@ def test_grid_and_entries_expand_with_labels(tmp_path: Path) -> None:
     ("[[entry]]\npolicy = 'uniform'\n", r"s\.toml:1: entry 'uniform' has no model"),
     ("[sweep]\nout = 'x'\n", r"no entries"),
     ("[[entry]\n", r"s\.toml:1: invalid TOML"),
+    ("[[entry]]\nmodel = 'a.pt2'\nname = '../../etc'\n", r"s\.toml:3: name '\.\./\.\./etc' must be a folder name"),
 ])
 def test_config_errors_name_file_and_line(tmp_path: Path, text: str, expected: str) -> None:
     with pytest.raises(ConfigError, match=expected):

@@ -60,6 +60,7 @@ POLICY_OPTIONS: frozenset[str] = frozenset({"rank", "threshold", "scale", "max_e
                                             "lambda_orth", "lambda_sparsity", "prune_energy"})
 SWEEP_KEYS: dict[str, tuple[type, ...]] = {"name": _STR, "out": _STR, "cpus_per_entry": _INT}
 SECTIONS = ("sweep", "defaults", "grid", "entry")
+_NAME = re.compile(r"[A-Za-z0-9_=,+-][A-Za-z0-9_.=,+-]*")  # an entry's folder under OUT/entries/
 
 
 @dataclass(frozen=True)
@@ -160,6 +161,9 @@ def _options(src: _Source, section: str, index: int, table: Any, axis: bool = Fa
         _check_value(src, section, index, key, value, OPTION_TYPES[key], axis)
     if "name" in table and axis and isinstance(table["name"], list):
         raise src.error(section, index, "name", "a [[grid]] cannot list names: labels are made from its axes")
+    if "name" in table and not _NAME.fullmatch(str(table["name"])):
+        raise src.error(section, index, "name", f"name {table['name']!r} must be a folder name: letters, digits "
+                                                "and _ . = , + - (not starting with '.')")
     return dict(table)
 
 
@@ -174,7 +178,7 @@ def _label(options: dict[str, Any], own: tuple[str, ...]) -> str:
         value = options[key]
         value = Path(value).stem if key == "model" else ",".join(map(str, value)) if isinstance(value, list) else value
         parts.append(f"{key}{value}")
-    return re.sub(r"[^A-Za-z0-9_.=,+-]", "_", "-".join(parts))
+    return re.sub(r"[^A-Za-z0-9_.=,+-]", "_", "-".join(parts)).lstrip(".") or "entry"
 
 
 def _expand(src: _Source, defaults: dict[str, Any], grids: list[Any], singles: list[Any]) -> list[EntrySpec]:

@@ -18,7 +18,7 @@ from edgecompress.check.units import parse_size
 from edgecompress.data import SPLITS
 from edgecompress.errors import ConfigError, EdgeCompressError, InputError
 from edgecompress.onnxinfo import sha256
-from edgecompress.sweep.config import POLICY_OPTIONS, EntrySpec, SweepConfig
+from edgecompress.sweep.config import POLICY_OPTIONS, SweepConfig
 
 DEFAULT_POLICY = "energy"  # as `edgecompress build`
 BUILTIN_DATA = ("digits", "fashion-mnist")
@@ -181,9 +181,3 @@ def resolve_entries(sweep: SweepConfig, out: Path, cpus: int) -> list[Entry]:
         except EdgeCompressError as exc:
             entries.append(Entry(spec.label, folder, spec.source, spec.options, bench=bench, error=str(exc)))
     return entries
-
-
-def describe(spec: EntrySpec | Entry) -> str:
-    """The entry's options as one short text: ``policy=uniform rank=8``."""
-    options = spec.options
-    return " ".join(f"{k}={options[k]}" for k in sorted(options) if k not in ("name",))
