@@ -102,13 +102,17 @@ def pareto_plot(record: Mapping[str, Any]) -> bytes | None:
     fig = figure_cls(figsize=(7, 4.5))
     ax = fig.subplots()
     ax.scatter([p[0] for p in points], [p[1] for p in points], s=30, color="#888", label="entry")
+    dense = {(r["dense_bytes"] / 1024, r["dense_accuracy"] * 100) for r in record["entries"]
+             if r.get("dense_bytes") is not None and r.get("dense_accuracy") is not None}
+    if dense:
+        ax.scatter([d[0] for d in dense], [d[1] for d in dense], marker="*", s=90, color="#246", label="dense export")
     front = sorted((p for p in points if p[3]), key=lambda p: p[0])
     ax.plot([p[0] for p in front], [p[1] for p in front], "o-", color="#c03", label="Pareto front")
     for x, y, label, _ in points:
         ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 3), fontsize=7)
     ax.set_xscale("log")
     _plain_log_axis(ax.xaxis)
-    ax.set_xlabel("compressed ONNX size (KiB, log scale)")
+    ax.set_xlabel("ONNX file size (KiB, log scale)")
     ax.set_ylabel("accuracy (%)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
