@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import sys
 import textwrap
 import threading
@@ -144,6 +145,15 @@ def test_missing_ray_is_one_line_and_exit_2(tmp_path: Path, monkeypatch: pytest.
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["error: edgecompress sweep needs the optional extra: pip install 'edgecompress[sweep]'"]
     assert not (tmp_path / "s-sweep").exists()
+
+
+def test_help_and_package_import_neither_torch_nor_ray() -> None:
+    code = ("import sys\nfrom edgecompress.cli import main\nimport edgecompress.sweep\n"
+            "try:\n    main(['sweep', '--help'])\nexcept SystemExit as exc:\n    assert exc.code in (0, None)\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'ray'}))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "Examples:" in proc.stdout and proc.stdout.strip().splitlines()[-1] == "[]"
 
 
 # ------------------------------------------------------------------------------------ on Ray
