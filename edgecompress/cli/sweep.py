@@ -77,10 +77,12 @@ def sweep(config_path: Path, out: Path | None, workers: int | None, address: str
     elif json_out:
         Path(json_out).write_text(json.dumps(record, indent=2) + "\n")
     counts = record["counts"]
-    if not quiet:
-        console.print(f"{counts['total']} entries: {counts['done']} built, {counts['failed']} failed, "
-                      f"{counts['skipped']} skipped; wrote {config.out}/results.{{json,md,html}}")
     if record["interrupted"]:
+        click.echo(f"interrupted: kept {counts['done'] + counts['skipped']} finished entries of {counts['total']} "
+                   f"in {config.out}; run the same command again to build the rest", err=True)
         raise KeyboardInterrupt
+    if not quiet:
+        click.echo(f"{counts['total']} entries: {counts['done']} built, {counts['failed']} failed, "
+                   f"{counts['skipped']} skipped; wrote {config.out}/results.{{json,md,html}}", err=True)
     if counts["failed"]:
         sys.exit(1)  # like a failed check
