@@ -309,3 +309,32 @@ def test_ctrl_c_cancels_running_entries_and_keeps_what_finished(ray_local: Any, 
         time.sleep(0.2)
     else:
         pytest.fail(f"the worker of the cancelled entry (pid {pid}) is still running")
+
+
+@pytest.mark.slow
+def test_cli_ctrl_c_exits_130_and_keeps_results(digits_model: Path) -> None:
+    """A real SIGINT to the command's process group (as a terminal's Ctrl-C) while entries run."""
+    config_path = write(digits_model / "cli-interrupt.toml", """
+        [sweep]
+        out = "cli-interrupted"
+        [defaults]
+        model = "tiny.pt"
+        factory = "factory.py:make"
+        [[grid]]
+        policy = "uniform"
+        rank = [2, 4, 8, 16]
+        """)
+    out = digits_model / "cli-interrupted"
+    proc = subprocess.Popen([sys.executable, "-m", "edgecompress", "sweep", str(config_path), "--workers", "2"],
+                            start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    while proc.poll() is None and not (out / "entries").is_dir():
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err
+    assert "interrupted: kept" in err and "Traceback" not in err
+    record = json.loads((out / "results.json").read_text())
+    assert record["interrupted"] is True
+    finished = {row["entry"] for row in record["entries"] if row["status"] == "ok"}
+    assert {p.name for p in (out / "entries").iterdir()} == finished  # no unfinished folder is left
