@@ -211,6 +211,7 @@ def _sweep_config(folder: Path) -> Path:
         name = "uniform-16"
         policy = "uniform"
         rank = 16
+        bench = true
         """)
 
 
@@ -254,6 +255,9 @@ def test_sweep_on_two_workers_survives_failure_and_kill_then_resumes(ray_local: 
         assert 0.0 <= row["accuracy"] <= 1.0
         build = json.loads((out / "entries" / label / "build.json").read_text())
         assert build["artifacts"]["compressed"]["bytes"] == row["bytes"]
+    bench = json.loads((out / "entries" / "uniform-16" / "bench.json").read_text())
+    assert len(bench["results"]) == 2 and rows["uniform-16"]["compressed_p50_ms"] > 0
+    assert "bench.json" not in {p.name for p in (out / "entries" / "uniform-rank8").iterdir()}
     assert rows["uniform-rank4"]["linear_params"] < rows["uniform-rank8"]["linear_params"] < rows["uniform-16"]["linear_params"]
     # the table: the Pareto front is non-empty and not dominated; every entry in every format
     front = {label for label, row in rows.items() if row["pareto"]}
@@ -263,7 +267,7 @@ def test_sweep_on_two_workers_survives_failure_and_kill_then_resumes(ray_local: 
     page = (out / "results.html").read_text()
     for label in rows:
         assert label in markdown and label in page
-    assert "dataset not found" in markdown and "<img" in page
+    assert "dataset not found" in markdown and "<img" in page and "p50 ms" in markdown
     # re-running the same config skips every finished entry (the failed one runs again)
     again = sweep(load_sweep(config_path))
     assert again["counts"] == {"total": 6, "done": 0, "failed": 1, "skipped": 5}

@@ -48,21 +48,30 @@ def _params(row: Mapping[str, Any]) -> str:
     return fmt_int(after) + (f" ({after / before:.2f}×)" if before else "")
 
 
+def _p50(row: Mapping[str, Any]) -> str:
+    p50, dense = row.get("compressed_p50_ms"), row.get("dense_p50_ms")
+    if p50 is None:
+        return NA
+    return f"{p50:.4f}" + (f" ({p50 / dense:.2f}×)" if dense else "")
+
+
 def results_table(record: Mapping[str, Any]) -> Table:
-    """One row per entry; failed entries show their error line."""
+    """One row per entry; failed entries show their error line; a latency column when entries were benchmarked."""
+    bench = any(row.get("compressed_p50_ms") is not None for row in record["entries"])
     rows = []
     for row in record["entries"]:
         ok = row.get("status") == "ok"
         status = ("skipped (done before)" if row.get("skipped") else "ok") if ok else "failed"
-        rows.append((row["entry"] + (" ★" if row.get("pareto") else ""), status, str(row.get("policy") or
-                     row.get("options", {}).get("policy", NA)),
-                     _params(row) if ok else NA, fmt_bytes(row.get("bytes")), fmt_bytes(row.get("int8_bytes")),
-                     fmt_pct(row.get("accuracy")), _delta_pt(row),
-                     NA if row.get("seconds") is None else f"{row['seconds']:.1f}",
-                     "" if ok else str(row.get("error", ""))))
-    return Table("Entries", ("entry", "status", "policy", "Linear params (vs dense)", "ONNX size", "int8 size",
-                             "accuracy", "Δ vs dense (pt)", "build s", "error"),
-                 ("l", "l", "l", "r", "r", "r", "r", "r", "r", "l"), tuple(rows))
+        cells = [row["entry"] + (" ★" if row.get("pareto") else ""), status,
+                 str(row.get("policy") or row.get("options", {}).get("policy", NA)),
+                 _params(row) if ok else NA, fmt_bytes(row.get("bytes")), fmt_bytes(row.get("int8_bytes")),
+                 fmt_pct(row.get("accuracy")), _delta_pt(row)]
+        cells += [_p50(row)] if bench else []
+        cells += [NA if row.get("seconds") is None else f"{row['seconds']:.1f}", "" if ok else str(row.get("error", ""))]
+        rows.append(tuple(cells))
+    headers = ["entry", "status", "policy", "Linear params (vs dense)", "ONNX size", "int8 size", "accuracy",
+               "Δ vs dense (pt)", *(["p50 ms batch 1 (vs dense)"] if bench else []), "build s", "error"]
+    return Table("Entries", tuple(headers), ("l", "l", "l", *("r" * (len(headers) - 4)), "l"), tuple(rows))
 
 
 def _summary(record: Mapping[str, Any]) -> list[tuple[str, str]]:
