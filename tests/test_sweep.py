@@ -224,7 +224,8 @@ def _kill_first_attempt(marks: Path, stop: threading.Event) -> None:
         time.sleep(0.2)
 
 
-def test_sweep_on_two_workers_survives_failure_and_kill_then_resumes(ray_local: Any, digits_model: Path) -> None:
+def test_sweep_on_two_workers_survives_failure_and_kill_then_resumes(ray_local: Any, digits_model: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
     config_path = _sweep_config(digits_model)
     marks = digits_model / "killable.pids"
     stop = threading.Event()
@@ -268,8 +269,17 @@ def test_sweep_on_two_workers_survives_failure_and_kill_then_resumes(ray_local: 
     for label in rows:
         assert label in markdown and label in page
     assert "dataset not found" in markdown and "<img" in page and "p50 ms" in markdown
-    # re-running the same config skips every finished entry (the failed one runs again)
-    again = sweep(load_sweep(config_path))
+    # re-running the same config (through the CLI, joining this Ray instance) skips every finished entry;
+    # the failed one runs again and prints its error line; exit 1 because an entry failed
+    from edgecompress.cli import main
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sweep", str(config_path), "--json", "-", "--quiet"])
+    assert exit_info.value.code == 1
+    captured = capsys.readouterr()
+    assert "error: entry broken: dataset not found: " in captured.err
+    again = json.loads(captured.out)
     assert again["counts"] == {"total": 6, "done": 0, "failed": 1, "skipped": 5}
     assert len(marks.read_text().split()) == 2
     for row in again["entries"]:
