@@ -196,6 +196,7 @@ def _sweep_config(folder: Path) -> Path:
         factory = "factory.py:make"
         eval = "digits:test"
         verify_samples = 32
+        simplify = false
         [[grid]]
         policy = "uniform"
         rank = [2, 4, 8]
