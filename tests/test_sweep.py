@@ -147,6 +147,25 @@ def test_missing_ray_is_one_line_and_exit_2(tmp_path: Path, monkeypatch: pytest.
     assert not (tmp_path / "s-sweep").exists()
 
 
+def test_results_table_marks_the_pareto_front_and_renders(tmp_path: Path) -> None:
+    from edgecompress.sweep.results import pareto_front, results_record, write_results
+
+    def row(label: str, size: int, acc: float) -> dict[str, Any]:
+        return {"entry": label, "status": "ok", "bytes": size, "accuracy": acc, "dense_bytes": 900,
+                "dense_accuracy": 0.95, "linear_params": size, "linear_params_dense": 900, "seconds": 1.0}
+
+    rows = [row("small", 100, 0.80), row("mid", 200, 0.93), row("dominated", 300, 0.90), row("big", 400, 0.95),
+            {"entry": "bad", "status": "failed", "error": "dataset not found: x.npz"}]
+    assert pareto_front(rows) == {"small", "mid", "big"}
+    counts = {"total": 5, "done": 4, "failed": 1, "skipped": 0}
+    record = results_record("t", "t.toml", rows, counts, 1.0, {}, False)
+    paths = write_results(record, tmp_path)
+    assert [p.name for p in paths] == ["results.json", "results.md", "results.html"]
+    markdown = (tmp_path / "results.md").read_text()
+    assert "| mid ★" in markdown and "| dominated " in markdown and "dataset not found: x.npz" in markdown
+    assert "<img" in (tmp_path / "results.html").read_text()
+
+
 def test_help_and_package_import_neither_torch_nor_ray() -> None:
     code = ("import sys\nfrom edgecompress.cli import main\nimport edgecompress.sweep\n"
             "try:\n    main(['sweep', '--help'])\nexcept SystemExit as exc:\n    assert exc.code in (0, None)\n"

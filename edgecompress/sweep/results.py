@@ -13,7 +13,7 @@ from typing import Any
 
 from edgecompress import provenance
 from edgecompress.report.html import _CSS, _table
-from edgecompress.report.markdown import NA, Table, _md_table, fmt_bytes, fmt_int, fmt_pct
+from edgecompress.report.markdown import NA, Cell, Table, _md_table, fmt_bytes, fmt_int, fmt_pct
 
 SCHEMA = "edgecompress.sweep/1"
 FILES = ("results.json", "results.md", "results.html")
@@ -41,18 +41,18 @@ def _delta_pt(row: Mapping[str, Any]) -> str:
     return NA if acc is None or dense is None else f"{(acc - dense) * 100:+.2f}"
 
 
-def _params(row: Mapping[str, Any]) -> str:
+def _params(row: Mapping[str, Any]) -> Cell:
     after, before = row.get("linear_params"), row.get("linear_params_dense")
     if after is None:
-        return NA
-    return fmt_int(after) + (f" ({after / before:.2f}×)" if before else "")
+        return Cell(NA)
+    return Cell(fmt_int(after), f"{after / before:.2f}×" if before else "")
 
 
-def _p50(row: Mapping[str, Any]) -> str:
+def _p50(row: Mapping[str, Any]) -> Cell:
     p50, dense = row.get("compressed_p50_ms"), row.get("dense_p50_ms")
     if p50 is None:
-        return NA
-    return f"{p50:.4f}" + (f" ({p50 / dense:.2f}×)" if dense else "")
+        return Cell(NA)
+    return Cell(f"{p50:.4f}", f"{p50 / dense:.2f}×" if dense else "")
 
 
 def results_table(record: Mapping[str, Any]) -> Table:
@@ -62,12 +62,13 @@ def results_table(record: Mapping[str, Any]) -> Table:
     for row in record["entries"]:
         ok = row.get("status") == "ok"
         status = ("skipped (done before)" if row.get("skipped") else "ok") if ok else "failed"
-        cells = [row["entry"] + (" ★" if row.get("pareto") else ""), status,
-                 str(row.get("policy") or row.get("options", {}).get("policy", NA)),
-                 _params(row) if ok else NA, fmt_bytes(row.get("bytes")), fmt_bytes(row.get("int8_bytes")),
-                 fmt_pct(row.get("accuracy")), _delta_pt(row)]
+        cells = [Cell(row["entry"] + (" ★" if row.get("pareto") else "")), Cell(status),
+                 Cell(str(row.get("policy") or row.get("options", {}).get("policy", NA))),
+                 _params(row) if ok else Cell(NA), Cell(fmt_bytes(row.get("bytes"))),
+                 Cell(fmt_bytes(row.get("int8_bytes"))), Cell(fmt_pct(row.get("accuracy"))), Cell(_delta_pt(row))]
         cells += [_p50(row)] if bench else []
-        cells += [NA if row.get("seconds") is None else f"{row['seconds']:.1f}", "" if ok else str(row.get("error", ""))]
+        cells += [Cell(NA if row.get("seconds") is None else f"{row['seconds']:.1f}"),
+                  Cell("" if ok else str(row.get("error", "")))]
         rows.append(tuple(cells))
     headers = ["entry", "status", "policy", "Linear params (vs dense)", "ONNX size", "int8 size", "accuracy",
                "Δ vs dense (pt)", *(["p50 ms batch 1 (vs dense)"] if bench else []), "build s", "error"]
@@ -120,7 +121,8 @@ def pareto_plot(record: Mapping[str, Any]) -> bytes | None:
     for x, y, label, _ in points:
         ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 3), fontsize=7)
     ax.set_xscale("log")
-    _plain_log_axis(ax.xaxis)
+    sizes = [p[0] for p in points] + [d[0] for d in dense]
+    _plain_log_axis(ax.xaxis, min(sizes), max(sizes))
     ax.set_xlabel("ONNX file size (KiB, log scale)")
     ax.set_ylabel("accuracy (%)")
     ax.grid(alpha=0.3)
