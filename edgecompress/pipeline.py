@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
-import onnx
+import torch
 from torch import nn
 
 from edgecompress import provenance
@@ -30,14 +30,15 @@ from edgecompress.lowrank.budget import Budget, budget_compress
 from edgecompress.lowrank.calibration import Calibration, calibrate, require_samples
 from edgecompress.lowrank.data_policies import data_errors
 from edgecompress.lowrank.factorize import CompressionPlan, compress, excluded_reason, with_unplanned_layers
-from edgecompress.lowrank.finetune import TrainingReport, finetune, phase_settings
+from edgecompress.lowrank.finetune import TrainingReport, finetune, phase_settings, torch_threads
 from edgecompress.lowrank.policies import PolicyContext, RankPolicy, UniformPolicy
-from edgecompress.lowrank.spectrum import HEAD_KEPT_REASON, exclude_head, model_spectra
+from edgecompress.lowrank.spectrum import HEAD_KEPT_REASON, exclude_head, linear_layers, model_spectra
 from edgecompress.lowrank.training import FINETUNE_EPOCHS, SVD_EPOCHS, SvdTrainingPolicy, svd_train
 from edgecompress.models import CACHE_DIR
 from edgecompress.bench.metrics import accuracy, macro_f1, top1
 
 Progress = Callable[[str], None]
+DEFAULT_CALIB_SAMPLES = 1024
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,7 @@ class BuildConfig:
     seed: int = 0
     # data-driven ranks and budget mode (lowrank/calibration.py, lowrank/budget.py)
     calib_data: str | None = None
-    calib_samples: int = 1024
+    calib_samples: int | None = None  # None: default_calib_samples (1024, or the widest selected layer's inputs)
     max_accuracy_drop: float | None = None
     eval_split: str | None = None
     target_params: float | None = None
@@ -81,6 +82,7 @@ class BuildConfig:
     quantize: str | None = None
     batch: int = 1
     int8_min_agreement: float = int8_export.INT8_MIN_AGREEMENT
+    threads: int = 1  # torch and onnxruntime threads of the build (SVD, export, verification)
 
     @property
     def stem(self) -> str:
@@ -240,13 +242,13 @@ def _compress_stage(config: BuildConfig, model: nn.Module, input_shape: tuple[in
     Returns the compressed model, its plan, and extra build.json sections (``calibration``,
     ``search``, ``ddlr_convex``).
     """
-    spectra = model_spectra(model, exclude_head(model, config.exclude) if config.keep_head else config.exclude)
+    spectra = model_spectra(model, _selection(model, config), on_progress=progress)  # decomposed lazily, per layer
     context = PolicyContext(progress=progress is not None, on_progress=progress, round_to=config.round_to)
     record: dict[str, Any] = {}
     budget = config.budget
     validation = _validation_split(config, input_shape)
     if config.policy.needs_calibration:
-        keep = config.calib_samples if getattr(config.policy, "needs_inputs", False) else 0
+        keep = len(calib) if getattr(config.policy, "needs_inputs", False) else 0
         calibration = layer_statistics(model, calib, list(spectra), keep_inputs=keep, progress=progress)
         context.calibration = calibration.layers
         record["calibration"] = calibration.to_json()
@@ -281,8 +283,8 @@ def evaluate_runner(runner: Callable[[np.ndarray], np.ndarray], data: Dataset) -
 
 
 def _runner(path: Path) -> Callable[[np.ndarray], np.ndarray]:
-    """onnxruntime for .onnx, LiteRT for .tflite."""
-    return tflite_export.litert_runner(path) if path.suffix == ".tflite" else ort_runner(path)
+    """onnxruntime for .onnx (the build's torch thread count), LiteRT for .tflite."""
+    return tflite_export.litert_runner(path) if path.suffix == ".tflite" else ort_runner(path, torch.get_num_threads())
 
 
 def _verifications(path: Path, model: nn.Module, checks: list[tuple[np.ndarray, str, Tolerance]]) -> list[dict[str, Any]]:
@@ -299,16 +301,17 @@ def _export_verified(model: nn.Module, role: str, path: Path, config: BuildConfi
     with timings.stage(f"export_{role}", progress):
         onnx_export.export_onnx(model, input_shape, path, opset=config.opset)
         if plan is not None:
-            onnx_export.check_factors_kept(onnx.load(str(path)), plan, where=f"{path.name} (export)")
-    simplified = False
-    if config.simplify:
+            onnx_export.check_factors_kept(path, plan, where=f"{path.name} (export)")
+    simplified, skipped = False, onnx_export.simplify_skip_reason(path) if config.simplify else None
+    if config.simplify and skipped is None:
         with timings.stage(f"simplify_{role}", progress):
             simplified = onnx_export.simplify_onnx(path)
             if plan is not None:
-                onnx_export.check_factors_kept(onnx.load(str(path)), plan, where=f"{path.name} (onnxsim)")
+                onnx_export.check_factors_kept(path, plan, where=f"{path.name} (onnxsim)")
     with timings.stage(f"verify_{role}", progress):
         verifications = _verifications(path, model, [(x, description, config.tolerance) for x, description in checks])
-    return {"path": path.name, "format": "onnx", "simplified": simplified, **onnx_export.onnx_facts(path),
+    note = {"simplify_note": skipped} if skipped else {}
+    return {"path": path.name, "format": "onnx", "simplified": simplified, **note, **onnx_export.onnx_facts(path),
             "verification": verifications}
 
 
@@ -319,7 +322,7 @@ def _int8_onnx(compressed: nn.Module, plan: CompressionPlan, config: BuildConfig
     path = staging / f"{config.stem}.int8.onnx"
     with timings.stage("quantize_int8", progress):
         scheme = int8_export.quantize_onnx(staging / f"{config.stem}.onnx", path, calibration=calibration)
-        onnx_export.check_factors_kept(onnx.load(str(path)), plan, where=f"{path.name} (int8)")
+        onnx_export.check_factors_kept(path, plan, where=f"{path.name} (int8)")
     with timings.stage("verify_int8", progress):
         verifications = _verifications(path, compressed, int8_export.int8_checks(
             checks, calibration, config.int8_min_agreement, config.verify_samples))
@@ -421,8 +424,31 @@ def _check_targets(config: BuildConfig) -> None:
         raise InputError(f"refusing to overwrite the input model {config.model}; choose another --out or --name")
 
 
+def _selection(model: nn.Module, config: BuildConfig) -> str | None:
+    """The ``exclude`` pattern of the layers the policy sees (the head too unless --compress-head)."""
+    return exclude_head(model, config.exclude) if config.keep_head else config.exclude
+
+
+def default_calib_samples(model: nn.Module, config: BuildConfig) -> int:
+    """--calib-samples, else 1024 or, when larger, the widest selected layer's inputs rounded up to
+    256 (data-driven ranks need at least as many input vectors as a layer has inputs)."""
+    if config.calib_samples is not None:
+        if config.calib_samples < 1:
+            raise InputError(f"--calib-samples must be >= 1, got {config.calib_samples}")
+        return config.calib_samples
+    widest = max((layer.in_features for layer in linear_layers(model, _selection(model, config)).values()), default=0)
+    return max(DEFAULT_CALIB_SAMPLES, 256 * -(-widest // 256))
+
+
 def build(config: BuildConfig, progress: Progress | None = None) -> BuildResult:
     """Run the whole build; artifacts and build.json land in ``config.out`` only if every step passed."""
+    if config.threads < 1:
+        raise InputError(f"--threads must be >= 1, got {config.threads}")
+    with torch_threads(config.threads):
+        return _build(config, progress)
+
+
+def _build(config: BuildConfig, progress: Progress | None) -> BuildResult:
     _check_training(config)
     _check_calibration(config)
     _check_targets(config)
@@ -432,7 +458,7 @@ def build(config: BuildConfig, progress: Progress | None = None) -> BuildResult:
         input_shape = resolve_input_shape(loaded, config.input_shape)
         eval_data = _eval_dataset(config, input_shape)
         calib = (None if config.calib_data is None
-                 else calibration_data(config.calib_data, config.calib_samples, input_shape))
+                 else calibration_data(config.calib_data, default_calib_samples(loaded.module, config), input_shape))
     compressed, plan, ranks_record = None, None, {}
     if config.train_data is None:  # svd-training (--train) finds its ranks by training instead
         with timings.stage("compress", progress):

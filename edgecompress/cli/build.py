@@ -109,7 +109,8 @@ HELP_GROUPS = (
 @click.option("--atol", type=float, default=1e-4, help="Verification: absolute tolerance.")
 @click.option("--rtol", type=float, default=1e-3, help="Verification: tolerance relative to the largest output.")
 @click.option("--calib", "calib_data", default=None, metavar="DATA", help="Calibration data for data-driven ranks / static int8.")
-@click.option("--calib-samples", type=int, default=1024, help="Calibration samples.")
+@click.option("--calib-samples", type=int, default=None,
+              help="Calibration samples.  [default: 1024, or the widest compressed layer's inputs rounded up to 256]")
 @click.option("--max-accuracy-drop", type=float, default=None, help="Budget mode: max accuracy drop in points on --eval-split.")
 @click.option("--eval-split", default=None, metavar="DATA", help="Budget mode: validation data (never the test set).")
 @click.option("--target-params", type=float, default=None, help="Budget mode: fraction of the compressible Linear layers' parameters to keep, e.g. 0.05 = 5% "
@@ -150,11 +151,14 @@ HELP_GROUPS = (
 @click.option("--json", "json_out", default=None, help="Write build.json's content to FILE ('-' for stdout).")
 @click.option("--bench", "run_bench", is_flag=True,
               help="Benchmark the artifacts against the dense export right after the build (writes bench.json).")
+@click.option("--threads", "build_threads", type=int, default=1,
+              help="torch and onnxruntime threads for the build (SVD, export, verification); more threads on a "
+                   "busy machine cost more CPU than they save.  [default: 1]")
 @click.option("--quiet", "-q", is_flag=True, help="No progress, no tables.")
 def build(model: Path, target_text: str, out: Path, name: str | None, input_shape: str | None, factory: str | None,
           allow_pickle: bool, policy: str, threshold: float, rank: int, scale: float, max_error: float, no_refit: bool,
           exclude: str | None, compress_head: bool, opset: int, no_simplify: bool, eval_data: str | None, eval_samples: int | None,
-          verify_samples: int, atol: float, rtol: float, calib_data: str | None, calib_samples: int,
+          verify_samples: int, atol: float, rtol: float, calib_data: str | None, calib_samples: int | None, build_threads: int,
           max_accuracy_drop: float | None, eval_split: str | None, target_params: float | None,
           target_size_text: str | None, round_to: int, allocation: str, confidence: float, finetune_data: str | None, train_data: str | None,
           epochs: int | None, distill_weight: float, quantize: str | None, int8_agreement: float, batch: int, seed: int,
@@ -192,6 +196,7 @@ def build(model: Path, target_text: str, out: Path, name: str | None, input_shap
         eval_split=eval_split, target_params=target_params, target_size=parse_size(target_size_text),
         round_to=round_to, allocation=allocation, confidence=confidence, finetune_data=finetune_data, train_data=train_data, epochs=epochs,
         distill_weight=distill_weight, training=training, quantize=quantize, int8_min_agreement=int8_agreement, batch=batch,
+        threads=build_threads,
     )
     if policy == "ddlr-convex" and not quiet:
         console.print("[yellow]note[/]: ddlr-convex solves a convex program per layer (ADMM, up to 1,000 "

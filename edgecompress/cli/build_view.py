@@ -64,6 +64,8 @@ def artifact_notes(record: dict[str, Any]) -> list[str]:
     """How int8 artifacts were quantized, and the batch fixed in .tflite files."""
     notes = []
     for artifact in record["artifacts"].values():
+        if artifact.get("simplify_note"):
+            notes.append(f"{artifact['path']}: {artifact['simplify_note']}")
         scheme = artifact.get("quantization")
         if scheme:
             notes.append(f"{artifact['path']}: {scheme['mode']} int8 — weights {scheme['weights']}, "
@@ -136,6 +138,10 @@ def print_build(record: dict[str, Any]) -> None:
     stdout.print(artifact_table(record))
     for note in artifact_notes(record):
         stdout.print(f"note: {note}")
+    timings = record.get("timings_s") or {}
+    if timings:
+        stdout.print("timings: " + ", ".join(f"{stage.replace('_', ' ')} {seconds:.1f} s"
+                                             for stage, seconds in timings.items()), highlight=False)
     if not any(layer["factorized"] for layer in record["layers"]):
         stdout.print("[yellow]nothing was compressed[/]: "
                      + ("the model has no Linear layer" if not record["layers"]

@@ -58,7 +58,7 @@ def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: Path, *,
         raise ExportError(f"opset {opset} is not supported by torch's ONNX exporter; use --opset 18 or higher")
     example = (torch.zeros(input_shape),)
     dynamic_shapes = ({0: torch.export.Dim("batch", min=1)},) if dynamic_batch and input_shape[0] >= 1 else None
-    external = parameter_bytes(model) > EXTERNAL_DATA_THRESHOLD
+    external = parameter_bytes(model) > EXTERNAL_DATA_THRESHOLD  # one self-contained file when it fits
     try:
         with _quiet_exporter():
             program = torch.onnx.export(model, example, None, dynamo=True, opset_version=opset,
@@ -92,14 +92,30 @@ def _first_line(exc: BaseException) -> str:
     return type(exc).__name__
 
 
-def simplify_onnx(path: Path) -> bool:
-    """Run onnxsim in place; returns False (file untouched) when the model is too large or onnxsim fails its own check."""
-    if path.stat().st_size > EXTERNAL_DATA_THRESHOLD:
-        return False
+def simplify_skip_reason(path: Path) -> str | None:
+    """Why onnxsim must not run on ``path`` (None: it may). Decided on the TOTAL bytes, external data
+    included: onnxsim holds the whole model as one protobuf (2 GiB at most; it peaked at 5x the
+    weights on a 2.45 GB model) and writes it back as one file, orphaning a side ``.onnx.data``."""
+    model = onnxinfo.load_model(path)  # without the external data
+    total = onnxinfo.file_bytes(model, path)
+    if total > EXTERNAL_DATA_THRESHOLD:
+        return f"onnxsim skipped: {total / 1024 ** 3:.2f} GiB of weights exceed protobuf's 2 GiB limit"
+    if onnxinfo.external_data_files(model, path):
+        return "onnxsim skipped: the weights are in external data, which onnxsim would inline"
     try:
-        import onnxsim
+        import onnxsim  # noqa: F401
     except ImportError:
+        return "onnxsim skipped: onnxsim is not installed"
+    return None
+
+
+def simplify_onnx(path: Path) -> bool:
+    """Run onnxsim in place; returns False (file untouched) when :func:`simplify_skip_reason` says
+    so or onnxsim fails its own check."""
+    if simplify_skip_reason(path) is not None:
         return False
+    import onnxsim
+
     model = onnx.load(str(path))
     try:
         with _quiet_exporter():
@@ -123,8 +139,11 @@ def initializer_shapes(model: onnx.ModelProto) -> list[tuple[int, ...]]:
     return shapes
 
 
-def check_factors_kept(model: onnx.ModelProto, plan: CompressionPlan, *, where: str) -> None:
-    """The refold guard on an ONNX graph (see :func:`check_weight_shapes`)."""
+def check_factors_kept(model: onnx.ModelProto | Path, plan: CompressionPlan, *, where: str) -> None:
+    """The refold guard on an ONNX graph or file (see :func:`check_weight_shapes`); a file is read
+    without its external data (the guard needs shapes only)."""
+    if isinstance(model, Path):
+        model = onnxinfo.load_model(model)
     check_weight_shapes(initializer_shapes(model), plan, where=where)
 
 

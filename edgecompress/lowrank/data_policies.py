@@ -85,7 +85,7 @@ class DataSpectrum:
 
 def data_spectrum(spectrum: LayerSpectrum, inputs: LayerInputs, ridge: float = RIDGE) -> DataSpectrum:
     """The closed-form data-aware decomposition of one layer (see module docstring)."""
-    weight = (spectrum.u * spectrum.s) @ spectrum.vh
+    weight = spectrum.weight_matrix().to(torch.float64)
     gram = inputs.gram
     lam = ridge * max(float(torch.trace(gram)) / spectrum.in_features, 1e-300)
     eye = torch.eye(spectrum.in_features, dtype=torch.float64)
@@ -206,10 +206,10 @@ class DDLRConvexPolicy(RankPolicy):
                 if context.on_progress:
                     context.on_progress(f"ddlr-convex layer {_i + 1}/{len(spectra)} ({_name}): {message}")
 
-            weight = (spectrum.u * spectrum.s) @ spectrum.vh
+            weight = spectrum.weight_matrix().to(torch.float64)
             result = solve_ddlr(weight, inputs.inputs, bias=inputs.bias, relu=inputs.relu_after,
                                 max_error=self.max_error, max_iter=self.max_iter, tol=self.tol, progress=report)
-            context.factors[name] = refits[name] if self.refit else ConvexFactors(result, float(spectrum.s.square().sum()))
+            context.factors[name] = refits[name] if self.refit else ConvexFactors(result, spectrum.total_energy)
             solutions[name] = {**result.to_json(), "refit": self.refit}
             ranks[name] = max(result.rank, 1)
         return ranks

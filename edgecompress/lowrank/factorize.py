@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import warnings
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import torch
 from torch import nn
@@ -63,6 +63,7 @@ class LayerPlan:
     params_before: int
     params_after: int
     reason: str | None = None  # why it stayed dense
+    svd: dict[str, Any] | None = None  # truncated-SVD path and relative error (LayerSpectrum.svd_record)
 
     @property
     def factorized(self) -> bool:
@@ -126,15 +127,22 @@ def layer_plan(spectrum: LayerSpectrum, rank: int | None, source: Any = None) ->
         reason = "kept dense by the policy"
     energy = (source or spectrum).energy_kept(rank) if rank is not None else 1.0
     after = spectrum.factored_params(rank) if rank is not None else spectrum.dense_params
+    svd = spectrum.svd_record(rank) if rank is not None and (source is None or source is spectrum) else None
     return LayerPlan(spectrum.name, spectrum.in_features, spectrum.out_features, rank,
-                     round(energy, 6), spectrum.dense_params, after, reason)
+                     round(energy, 6), spectrum.dense_params, after, reason, svd)
 
 
-def copy_module(model: nn.Module) -> nn.Module:
-    """A deep copy, without torch.fx's pytree deprecation warning that copying a GraphModule prints."""
+def copy_module(model: nn.Module, skip: Iterable[nn.Module] = ()) -> nn.Module:
+    """A deep copy, without torch.fx's pytree deprecation warning that copying a GraphModule prints.
+
+    Modules in ``skip`` (about to be replaced) are not copied: the copy holds a placeholder
+    ``nn.Identity`` in their place, so replacing the large layers of a large model never holds two
+    copies of their weights.
+    """
+    memo: dict[int, Any] = {id(module): nn.Identity() for module in skip}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
-        return copy.deepcopy(model)
+        return copy.deepcopy(model, memo)
 
 
 def with_unplanned_layers(plan: CompressionPlan, model: nn.Module, reason: str, *,
@@ -159,17 +167,16 @@ def apply_ranks(model: nn.Module, spectra: dict[str, LayerSpectrum], ranks: dict
     ``factors`` maps layer names to sources with ``factors(rank) -> (first, second)`` that replace
     the truncated SVD of those layers (data-aware or convex solutions).
     """
-    new_model = copy_module(model)
-    layers = linear_layers(new_model)
-    plans = []
-    for name, spectrum in spectra.items():
-        source = (factors or {}).get(name, spectrum)
-        plan = layer_plan(spectrum, ranks.get(name), source)
-        plans.append(plan)
+    plans = [layer_plan(spectrum, ranks.get(name), (factors or {}).get(name, spectrum))
+             for name, spectrum in spectra.items()]
+    originals = linear_layers(model)
+    new_model = copy_module(model, skip=[originals[plan.name] for plan in plans if plan.rank is not None])
+    for plan in plans:
         if plan.rank is not None:
-            bias = layers[name].bias.detach() if layers[name].bias is not None else None
-            pair = LowRankLinear.from_factors(*source.factors(plan.rank), bias)
-            new_model = replace_submodule(new_model, name, pair)
+            source = (factors or {}).get(plan.name, spectra[plan.name])
+            bias = originals[plan.name].bias
+            pair = LowRankLinear.from_factors(*source.factors(plan.rank), None if bias is None else bias.detach())
+            new_model = replace_submodule(new_model, plan.name, pair)
     if hasattr(new_model, "recompile"):
         new_model.recompile()  # fx GraphModules re-generate code after sub-module swaps
     return new_model, CompressionPlan(policy, tuple(plans))

@@ -118,10 +118,7 @@ class EnergyPolicy(RankPolicy):
             raise InputError(f"--energy must be in (0, 1], got {self.threshold}")
 
     def rank_for(self, spectrum: LayerSpectrum, context: PolicyContext) -> int:
-        cumulative = spectrum.cumulative_energy()
-        # first index whose cumulative energy reaches the threshold (tolerate float round-off at 1.0)
-        hits = (cumulative >= self.threshold - 1e-12).nonzero()
-        return int(hits[0]) + 1 if len(hits) else spectrum.max_rank
+        return spectrum.rank_for_energy(self.threshold)  # the top singular values only
 
 
 def spectral_entropy(spectrum: LayerSpectrum) -> float:
