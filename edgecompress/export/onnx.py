@@ -99,7 +99,8 @@ def simplify_skip_reason(path: Path) -> str | None:
     model = onnxinfo.load_model(path)  # without the external data
     total = onnxinfo.file_bytes(model, path)
     if total > EXTERNAL_DATA_THRESHOLD:
-        return f"onnxsim skipped: {total / 1024 ** 3:.2f} GiB of weights exceed protobuf's 2 GiB limit"
+        return (f"onnxsim skipped: the model is {total:,} bytes with its external data, over protobuf's "
+                f"2 GiB limit for one model ({EXTERNAL_DATA_THRESHOLD:,} bytes)")
     if onnxinfo.external_data_files(model, path):
         return "onnxsim skipped: the weights are in external data, which onnxsim would inline"
     try:
