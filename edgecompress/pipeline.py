@@ -32,7 +32,7 @@ from edgecompress.lowrank.data_policies import data_errors
 from edgecompress.lowrank.factorize import CompressionPlan, compress, excluded_reason, with_unplanned_layers
 from edgecompress.lowrank.finetune import TrainingReport, finetune, phase_settings, torch_threads
 from edgecompress.lowrank.policies import PolicyContext, RankPolicy, UniformPolicy
-from edgecompress.lowrank.spectrum import HEAD_KEPT_REASON, exclude_head, linear_layers, model_spectra
+from edgecompress.lowrank.spectrum import HEAD_KEPT_REASON, exclude_head, linear_layers, model_spectra, svd_settings
 from edgecompress.lowrank.training import FINETUNE_EPOCHS, SVD_EPOCHS, SvdTrainingPolicy, svd_train
 from edgecompress.models import CACHE_DIR
 from edgecompress.bench.metrics import accuracy, macro_f1, top1
@@ -83,6 +83,7 @@ class BuildConfig:
     batch: int = 1
     int8_min_agreement: float = int8_export.INT8_MIN_AGREEMENT
     threads: int = 1  # torch and onnxruntime threads of the build (SVD, export, verification)
+    svd: str = "auto"  # auto: randomized where the rank is well below a large layer's full rank; exact: always exact
 
     @property
     def stem(self) -> str:
@@ -242,7 +243,8 @@ def _compress_stage(config: BuildConfig, model: nn.Module, input_shape: tuple[in
     Returns the compressed model, its plan, and extra build.json sections (``calibration``,
     ``search``, ``ddlr_convex``).
     """
-    spectra = model_spectra(model, _selection(model, config), on_progress=progress)  # decomposed lazily, per layer
+    spectra = model_spectra(model, _selection(model, config), settings=svd_settings(config.svd),
+                            on_progress=progress)  # decomposed lazily, one layer at a time
     context = PolicyContext(progress=progress is not None, on_progress=progress, round_to=config.round_to)
     record: dict[str, Any] = {}
     budget = config.budget
@@ -498,6 +500,7 @@ def _build(config: BuildConfig, progress: Progress | None) -> BuildResult:
             "options": {"targets": list(config.targets), "opset": config.opset, "exclude": config.exclude,
                         "keep_head": config.keep_head,
                         "simplify": config.simplify, "seed": config.seed, "quantize": config.quantize,
+                        "svd": config.svd, "threads": config.threads,
                         "tflite_batch": config.batch if "tflite" in config.targets else None},
             "artifacts": artifacts,
             "timings_s": dict(timings),

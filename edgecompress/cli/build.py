@@ -154,11 +154,15 @@ HELP_GROUPS = (
 @click.option("--threads", "build_threads", type=int, default=1,
               help="torch and onnxruntime threads for the build (SVD, export, verification); more threads on a "
                    "busy machine cost more CPU than they save.  [default: 1]")
+@click.option("--svd", "svd_mode", type=click.Choice(["auto", "exact"]), default="auto",
+              help="auto: a seeded randomized SVD where the rank is well below a large layer's full rank "
+                   "(min(in, out) > 1024), exact float64 elsewhere; exact: always exact (slow on large layers).  "
+                   "[default: auto]")
 @click.option("--quiet", "-q", is_flag=True, help="No progress, no tables.")
 def build(model: Path, target_text: str, out: Path, name: str | None, input_shape: str | None, factory: str | None,
           allow_pickle: bool, policy: str, threshold: float, rank: int, scale: float, max_error: float, no_refit: bool,
           exclude: str | None, compress_head: bool, opset: int, no_simplify: bool, eval_data: str | None, eval_samples: int | None,
-          verify_samples: int, atol: float, rtol: float, calib_data: str | None, calib_samples: int | None, build_threads: int,
+          verify_samples: int, atol: float, rtol: float, calib_data: str | None, calib_samples: int | None, build_threads: int, svd_mode: str,
           max_accuracy_drop: float | None, eval_split: str | None, target_params: float | None,
           target_size_text: str | None, round_to: int, allocation: str, confidence: float, finetune_data: str | None, train_data: str | None,
           epochs: int | None, distill_weight: float, quantize: str | None, int8_agreement: float, batch: int, seed: int,
@@ -196,7 +200,7 @@ def build(model: Path, target_text: str, out: Path, name: str | None, input_shap
         eval_split=eval_split, target_params=target_params, target_size=parse_size(target_size_text),
         round_to=round_to, allocation=allocation, confidence=confidence, finetune_data=finetune_data, train_data=train_data, epochs=epochs,
         distill_weight=distill_weight, training=training, quantize=quantize, int8_min_agreement=int8_agreement, batch=batch,
-        threads=build_threads,
+        threads=build_threads, svd=svd_mode,
     )
     if policy == "ddlr-convex" and not quiet:
         console.print("[yellow]note[/]: ddlr-convex solves a convex program per layer (ADMM, up to 1,000 "

@@ -26,6 +26,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from edgecompress.errors import InputError
+
 EXACT_MAX_DIM = 1024  # min(m, n) up to this: exact float64 SVD (under ~1 s on one core)
 OVERSAMPLE = 32  # extra sketch columns beyond k
 POWER_ITERATIONS = 4  # power iterations of the randomized range finder
@@ -49,6 +51,16 @@ class SvdSettings:
         """True when ``k`` (plus oversampling) is well below ``min_dim`` of a large matrix: at most
         half of it, where the sketch still costs a fraction of the exact SVD."""
         return min_dim > self.exact_max_dim and 2 * (k + self.oversample) <= min_dim
+
+
+SVD_MODES = ("auto", "exact")
+
+
+def svd_settings(mode: str) -> SvdSettings:
+    """``--svd auto`` (the defaults) or ``exact`` (the exact float64 SVD for every layer, however large)."""
+    if mode not in SVD_MODES:
+        raise InputError(f"--svd must be one of {', '.join(SVD_MODES)}, got {mode!r}")
+    return SvdSettings() if mode == "auto" else SvdSettings(exact_max_dim=1 << 62)
 
 
 def randomized_svd(matrix: torch.Tensor, k: int, settings: SvdSettings) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
