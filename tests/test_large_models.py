@@ -94,6 +94,23 @@ def test_uniform_plan_computes_no_full_svd(monkeypatch: pytest.MonkeyPatch) -> N
     assert spectrum.factors(rank)[0].shape == (8, 300)
 
 
+@pytest.mark.parametrize("max_error", [0.3, 0.1])
+def test_data_policy_on_top_components_picks_the_exact_rank(max_error: float) -> None:
+    from edgecompress.lowrank.calibration import LayerInputs
+    from edgecompress.lowrank.data_policies import data_spectrum
+
+    weight = matrix_with(decaying(300, 1.0), 300, 400, seed=2)
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(800, 400, generator=gen, dtype=torch.float64) * decaying(400, 0.5)
+    inputs = LayerInputs("layer", 400, x.T @ x, count=800)
+    fast = data_spectrum(spectrum_of(weight), inputs, max_error=max_error)
+    exact = data_spectrum(spectrum_of(weight, SvdSettings()), inputs)
+    assert fast.max_rank < exact.max_rank  # only the top components were computed
+    rank = fast.rank_for_error(max_error)
+    assert rank == exact.rank_for_error(max_error)
+    assert fast.relative_error(rank) == pytest.approx(exact.relative_error(rank), rel=1e-3)
+
+
 class Wide(nn.Module):
     """A 2048-input layer (as in issue 15's report) followed by a small head."""
 

@@ -28,7 +28,7 @@ from edgecompress.errors import InputError
 from edgecompress.lowrank.calibration import LayerInputs
 from edgecompress.lowrank.convex import ConvexResult, solve_ddlr
 from edgecompress.lowrank.policies import PolicyContext, RankPolicy, register
-from edgecompress.lowrank.spectrum import LayerSpectrum
+from edgecompress.lowrank.spectrum import LayerSpectrum, squared_norm, top_until
 
 RIDGE = 1e-8  # lam = RIDGE * trace(C) / in
 CACHE_KEY = "data_spectra"
@@ -83,18 +83,34 @@ class DataSpectrum:
         return first.float().contiguous(), second.float().contiguous()
 
 
-def data_spectrum(spectrum: LayerSpectrum, inputs: LayerInputs, ridge: float = RIDGE) -> DataSpectrum:
-    """The closed-form data-aware decomposition of one layer (see module docstring)."""
+def data_spectrum(spectrum: LayerSpectrum, inputs: LayerInputs, ridge: float = RIDGE,
+                  max_error: float | None = None) -> DataSpectrum:
+    """The closed-form data-aware decomposition of one layer (see module docstring).
+
+    With ``max_error`` only the top components up to that relative error are computed (randomized,
+    :func:`edgecompress.lowrank.spectrum.top_until`, on large layers; the errors come from the total
+    ``||W X||_F^2 = ||W L||_F^2 - lam ||W||_F^2``); without it, the whole exact decomposition.
+    """
     weight = spectrum.weight_matrix().to(torch.float64)
     gram = inputs.gram
     lam = ridge * max(float(torch.trace(gram)) / spectrum.in_features, 1e-300)
     eye = torch.eye(spectrum.in_features, dtype=torch.float64)
     chol = torch.linalg.cholesky(gram + lam * eye)
-    u, s, vh = torch.linalg.svd(weight @ chol, full_matrices=False)
+    product = weight @ chol
+    if max_error is None:
+        u, s, vh, path = *torch.linalg.svd(product, full_matrices=False), "exact"
+    else:
+        total = max(squared_norm(product) - lam * squared_norm(weight), 0.0)
+        u, s, vh, path = top_until(product, lambda s: float((s * s).sum()) >= (1 - max_error ** 2) * total,
+                                   spectrum.settings)
     a = torch.linalg.solve_triangular(chol.T, vh.T, upper=True).T  # rows v_i^T L^-1
     weights = (1.0 - lam * (a * a).sum(dim=1)).clamp_min(0.0)  # a_i^T C a_i, exactly
-    tail = torch.flip(torch.cumsum(torch.flip(s * s * weights, [0]), 0), [0])
-    squared_error = torch.cat([tail, torch.zeros(1, dtype=torch.float64)])
+    if path == "exact":
+        tail = torch.flip(torch.cumsum(torch.flip(s * s * weights, [0]), 0), [0])
+        squared_error = torch.cat([tail, torch.zeros(1, dtype=torch.float64)])
+    else:
+        kept = torch.cumsum(s * s * weights, 0)
+        squared_error = (total - torch.cat([torch.zeros(1, dtype=torch.float64), kept])).clamp_min(0.0)
     return DataSpectrum(spectrum.name, spectrum.in_features, spectrum.out_features, u, s, a, squared_error,
                         inputs.count)
 
@@ -107,14 +123,16 @@ def layer_inputs(context: PolicyContext, name: str) -> LayerInputs:
     return context.calibration[name]
 
 
-def data_spectra(spectra: Mapping[str, LayerSpectrum], context: PolicyContext) -> dict[str, DataSpectrum]:
-    """Data-aware decompositions of the given layers, computed once per context and cached."""
+def data_spectra(spectra: Mapping[str, LayerSpectrum], context: PolicyContext,
+                 max_error: float | None = None) -> dict[str, DataSpectrum]:
+    """Data-aware decompositions of the given layers, computed once per context and cached (only
+    down to ``max_error`` when given; see :func:`data_spectrum`)."""
     cache: dict[str, DataSpectrum] = context.extras.setdefault(CACHE_KEY, {})
     for index, (name, spectrum) in enumerate(spectra.items()):
         if name not in cache:
             if context.on_progress:
                 context.on_progress(f"data-aware SVD: layer {index + 1}/{len(spectra)} ({name})")
-            cache[name] = data_spectrum(spectrum, layer_inputs(context, name))
+            cache[name] = data_spectrum(spectrum, layer_inputs(context, name), max_error=max_error)
     return {name: cache[name] for name in spectra}
 
 
@@ -144,7 +162,8 @@ class DataPolicy(RankPolicy):
         _check_error(self.max_error)
 
     def plan(self, spectra: Mapping[str, LayerSpectrum], context: PolicyContext) -> dict[str, int | None]:
-        decompositions = data_spectra(spectra, context)
+        # only the components down to max_error (exact everything when ranks are rounded up past them)
+        decompositions = data_spectra(spectra, context, max_error=self.max_error if context.round_to == 1 else None)
         context.factors.update(decompositions)
         return {name: d.rank_for_error(self.max_error) for name, d in decompositions.items()}
 

@@ -77,6 +77,21 @@ def randomized_svd(matrix: torch.Tensor, k: int, settings: SvdSettings) -> tuple
     return (basis.double() @ u_small[:, :k]), s[:k], vh[:k]
 
 
+def top_until(matrix: torch.Tensor, enough: Callable[[torch.Tensor], bool],
+              settings: SvdSettings) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, str]:
+    """The top singular triplets of ``matrix`` until ``enough(s)``: randomized with ``k`` doubling
+    from :data:`FIRST_K` while ``k`` is well below the full rank, else the exact float64 SVD.
+    Returns ``(u, s, vh, path)``, ``path`` "randomized" or "exact"."""
+    k = FIRST_K
+    while settings.randomized(k, min(matrix.shape)):
+        u, s, vh = randomized_svd(matrix, k, settings)
+        if enough(s):
+            return u, s, vh, "randomized"
+        k *= 2
+    u, s, vh = torch.linalg.svd(matrix.to(torch.float64), full_matrices=False)
+    return u, s, vh, "exact"
+
+
 def squared_norm(matrix: torch.Tensor) -> float:
     """``||matrix||_F^2`` accumulated in float64, a block of rows at a time (no full float64 copy)."""
     return float(sum(float(block.double().square().sum()) for block in torch.split(matrix.detach(), ROW_CHUNK)))
@@ -202,17 +217,21 @@ class LayerSpectrum:
         """The smallest r keeping ``threshold`` of the energy: the top singular values only, ``k``
         doubling from :data:`FIRST_K` until the threshold is met (the exact spectrum once ``k`` is
         no longer well below the full rank)."""
-        k = FIRST_K
-        while not self.exact and self.settings.randomized(k, self.max_rank):
+        if not self.exact and self.weight is not None and self.settings.randomized(FIRST_K, self.max_rank):
             total = self.total_energy
-            values = self.top(k)[1]
-            cumulative = torch.cumsum(values ** 2, 0) / total if total else torch.ones_like(values)
-            hits = (cumulative >= threshold - 1e-12).nonzero()
-            if len(hits):
-                return int(hits[0]) + 1
-            k *= 2
-        hits = (self.cumulative_energy() >= threshold - 1e-12).nonzero()
-        return int(hits[0]) + 1 if len(hits) else self.max_rank
+
+            def enough(values: torch.Tensor) -> bool:
+                return total == 0 or float((values ** 2).sum()) >= (threshold - 1e-12) * total
+
+            self._report("randomized, k doubling until the energy threshold")
+            u, s, vh, path = top_until(self.weight, enough, self.settings)
+            if path == "exact":
+                self._report("exact")
+            self._cache.update(path=path, u=u, s=s, vh=vh, k=int(s.numel()))
+        values = self._cache["s"] if self.exact or "s" in self._cache else self.s
+        cumulative = torch.cumsum(values ** 2, 0) / self.total_energy if self.total_energy else torch.ones_like(values)
+        hits = (cumulative >= threshold - 1e-12).nonzero()
+        return int(hits[0]) + 1 if len(hits) else (self.max_rank if self.exact else int(values.numel()))
 
     def factors(self, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Balanced factors ``first`` (rank x in) and ``second`` (out x rank) with second @ first = W_r."""
