@@ -43,7 +43,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from edgecompress import provenance  # noqa: E402
-from edgecompress.models import CACHE_DIR, mlp  # noqa: E402
+from edgecompress.models import mlp  # noqa: E402
 
 CASES: dict[str, dict[str, Any]] = {
     "llm": {"sizes": (4096, 11008, 4096, 10), "rank": 256, "modes": ("auto",), "optimum": True},
@@ -144,9 +144,8 @@ def bench(out: Path, record: dict[str, Any], env: dict[str, str]) -> dict[str, A
                                          "--json", "-"), env)
     if result["exit_code"] == 0:
         data = json.loads(result["stdout"])
-        result["models"] = [{"path": Path(m.get("path", "")).name,
-                             **{k: v for k, v in m.items() if k in ("bytes", "params")},
-                             "latency": m.get("batches", m.get("results"))} for m in data.get("models", [])]
+        result["results"] = [{"model": r["model"], "batch": r["batch"], "p50_ms": r["latency_ms"]["p50"],
+                              "p50_ratio": r.get("ratios", {}).get("p50")} for r in data.get("results", [])]
     result.pop("stdout")
     return result
 
@@ -174,11 +173,11 @@ def exact_optimum(case: str, model: Path, workdir: Path) -> dict[str, float]:
 
 def reference_case(workdir: Path, baseline: Path, mnist: Path) -> dict[str, Any]:
     """The reference MNIST MLP built by this tree and by the baseline tree: same ranks, accuracy, bytes."""
-    weights = CACHE_DIR / "reference-mnist-mlp-e10-seed0.pt"
+    weights = workdir / "reference-mnist-mlp.pt"  # the trained reference (cached by edgecompress.models) as a state_dict
     if not weights.is_file():
         from edgecompress.models import trained_reference_mlp
 
-        trained_reference_mlp(mnist)
+        torch.save(trained_reference_mlp(mnist).state_dict(), weights)
     rows = {}
     for label, options in REFERENCE_BUILDS.items():
         row: dict[str, Any] = {}
@@ -223,8 +222,9 @@ def summarize(case: str, runs: dict[str, Any], optimum: dict[str, float] | None)
 def markdown(result: dict[str, Any]) -> str:
     """The results as Markdown tables."""
     lines = ["# Large models: rank-aware SVD (issue 15)", "", f"Command: `{result['command']}`", "",
-             f"CPU: {result['provenance'].get('cpu', 'n/a')}; one thread per build; load average (1/5/15 min) "
-             "before → after each run in the table.", "",
+             f"CPU: {result['provenance'].get('cpu', 'n/a')}; one thread per build (`--threads 1`), so CPU seconds "
+             "approximate the wall time on an idle machine; the 1-minute load average before → after each run is "
+             "in the table (2 cores, shared). Peak RSS is the build process's own (`wait4`).", "",
              "| case | svd | exit | wall s | CPU s | peak RSS GB | load before → after | SVD path (k) | rel. error per layer | target |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for case, data in result["cases"].items():
@@ -256,7 +256,9 @@ def markdown(result: dict[str, Any]) -> str:
                              + ", ".join(f"{k} {v:.1f} s" for k, v in run["timings_s"].items()))
             if run.get("bench"):
                 lines.append(f"bench: exit {run['bench']['exit_code']}, wall {run['bench']['wall_s']} s, "
-                             f"peak RSS {run['bench']['peak_rss_gb']} GB")
+                             f"peak RSS {run['bench']['peak_rss_gb']} GB; batch-1 p50 latency: "
+                             + ", ".join(f"{r['model']} {r['p50_ms']:.2f} ms (x{r['p50_ratio']})"
+                                         for r in run["bench"].get("results", [])))
     return "\n".join(lines) + "\n"
 
 
