@@ -200,8 +200,9 @@ class LayerSpectrum:
 
     def energy_kept(self, rank: int) -> float:
         """Fraction of the squared Frobenius norm kept by the top ``rank`` singular values."""
+        kept = float((self.top(rank)[1] ** 2).sum())  # first: an exact SVD also gives the total as sum(s^2)
         total = self.total_energy
-        return 1.0 if total == 0 else float((self.top(rank)[1] ** 2).sum()) / total
+        return 1.0 if total == 0 else kept / total
 
     def relative_error(self, rank: int) -> float:
         """``||W - W_rank||_F / ||W||_F`` of the truncation :meth:`factors` returns."""
