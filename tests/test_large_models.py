@@ -4,6 +4,7 @@ with the threshold forced down so a small model takes it."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -176,3 +177,20 @@ def test_simplify_is_decided_by_total_bytes(small_mlp_pt2: Path, tmp_path: Path,
     assert path.stat().st_size < 16 * 1024  # the stub alone would pass a size check on the .onnx file
     assert "2 GiB" in onnx_export.simplify_skip_reason(path)  # its ~70 KB of weights do not
     assert onnx_export.simplify_onnx(path) is False
+
+
+def test_cli_threads_and_svd_options(small_mlp_pt2: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from edgecompress.cli import main
+
+    def run(*args: str) -> tuple[int, str]:
+        with pytest.raises(SystemExit) as exit_info:
+            main(["build", str(small_mlp_pt2), *args])
+            raise SystemExit(0)
+        return int(exit_info.value.code or 0), capsys.readouterr().err
+
+    code, err = run("--threads", "0", "--out", str(tmp_path / "bad"))
+    assert code == 2 and "--threads must be >= 1" in err and not (tmp_path / "bad").exists()
+    code, _ = run("--svd", "exact", "--threads", "1", "--policy", "uniform", "--rank", "8", "--out", str(tmp_path / "ok"), "--quiet")
+    record = json.loads((tmp_path / "ok" / "build.json").read_text())
+    assert code == 0 and record["options"]["svd"] == "exact" and record["options"]["threads"] == 1
+    assert {layer["svd"]["path"] for layer in record["layers"] if layer["factorized"]} == {"exact"}
