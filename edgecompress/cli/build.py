@@ -68,7 +68,7 @@ DATA_SYNTAX = ("DATA is an .npz (x, y), an MNIST-style IDX folder, 'digits' or '
 HELP_GROUPS = (
     ("Model and inputs", "", ("--input-shape", "--factory", "--allow-pickle", "--exclude", "--compress-head")),
     ("Rank policy", "", ("--policy", "--energy", "--rank", "--entropy-scale", "--max-error", "--no-refit",
-                         "--round-to")),
+                         "--round-to", "--svd", "--threads")),
     ("Data", DATA_SYNTAX, ("--eval", "--eval-samples", "--calib", "--calib-samples")),
     ("Budget mode (search the ranks for one target)", "",
      ("--max-accuracy-drop", "--eval-split", "--target-params", "--target-size", "--allocation", "--confidence")),
@@ -153,11 +153,10 @@ HELP_GROUPS = (
               help="Benchmark the artifacts against the dense export right after the build (writes bench.json).")
 @click.option("--threads", "build_threads", type=int, default=1,
               help="torch and onnxruntime threads for the build (SVD, export, verification); more threads on a "
-                   "busy machine cost more CPU than they save.  [default: 1]")
+                   "busy machine cost more CPU than they save.")
 @click.option("--svd", "svd_mode", type=click.Choice(["auto", "exact"]), default="auto",
               help="auto: a seeded randomized SVD where the rank is well below a large layer's full rank "
-                   "(min(in, out) > 1024), exact float64 elsewhere; exact: always exact (slow on large layers).  "
-                   "[default: auto]")
+                   "(min(in, out) > 1024), exact float64 elsewhere; exact: always exact (slow on large layers).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress, no tables.")
 def build(model: Path, target_text: str, out: Path, name: str | None, input_shape: str | None, factory: str | None,
           allow_pickle: bool, policy: str, threshold: float, rank: int, scale: float, max_error: float, no_refit: bool,
