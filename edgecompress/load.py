@@ -21,7 +21,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from edgecompress import onnxinfo
+from edgecompress import onnxinfo, pt2_archive
 from edgecompress.errors import InputError, UnsafeLoadError
 
 PICKLE_FLAG = "--allow-pickle"
@@ -153,9 +153,16 @@ def _replaceable(gm: nn.Module, path: str) -> bool:
     return not list(owner.children()) and names <= {"weight", "bias"} and not list(owner.buffers(recurse=False))
 
 
-def _load_export(path: Path) -> tuple[nn.Module, tuple[int, ...] | None]:
+def _load_export(path: Path, *, allow_pickle: bool = False) -> tuple[nn.Module, tuple[int, ...] | None]:
     try:
-        program = torch.export.load(path)
+        if allow_pickle:
+            program = torch.export.load(path)
+        else:
+            pt2_archive.inspect_pt2(path)  # refuses pickled members before torch reads any of them
+            with pt2_archive.no_pickle():
+                program = torch.export.load(path)
+    except InputError:
+        raise
     except Exception as exc:  # torch raises many types for a bad archive
         raise InputError(f"{path} is not a readable torch.export program: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
     user_inputs = [spec.arg.name for spec in program.graph_signature.input_specs
@@ -178,7 +185,7 @@ def load_model(path: str | Path, *, factory: str | None = None, allow_pickle: bo
     digest = onnxinfo.sha256(path)
     example_shape = None
     if path.suffix == ".pt2":
-        module, example_shape = _load_export(path)
+        module, example_shape = _load_export(path, allow_pickle=allow_pickle)
         fmt = "export"
     else:
         obj = _torch_load(path, weights_only=not allow_pickle)

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field, replace
@@ -18,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgecompress import provenance
+from edgecompress import outdir, provenance
 from edgecompress.data import Dataset, hold_out, load_dataset, validation_spec
 from edgecompress.errors import InputError
 from edgecompress.export import onnx as onnx_export
@@ -119,30 +117,6 @@ class _Timings(dict):
             yield
         finally:
             self[name] = round(self.get(name, 0.0) + time.perf_counter() - start, 4)
-
-
-@contextlib.contextmanager
-def staged_output(out: Path) -> Iterator[Path]:
-    """A temporary folder inside ``out``; on success its files move into ``out``, on failure
-    everything is removed (and ``out`` too if this build created it)."""
-    if out.exists() and not out.is_dir():
-        raise InputError(f"output path {out} exists and is not a folder")
-    created = not out.exists()
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(f"cannot create output folder {out}: {exc.strerror}") from exc
-    staging = Path(tempfile.mkdtemp(prefix=".edgecompress-", dir=out))
-    try:
-        yield staging
-        for item in sorted(staging.iterdir()):
-            os.replace(item, out / item.name)
-    except BaseException:
-        if created:
-            shutil.rmtree(out, ignore_errors=True)
-        raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def resolve_input_shape(loaded: LoadedModel, given: tuple[int, ...] | None) -> tuple[int, ...]:
@@ -410,9 +384,6 @@ def _train_stage(config: BuildConfig, dense: nn.Module, input_shape: tuple[int, 
                                             {"final": plan.ranks}).to_json()
 
 
-ARTIFACT_SUFFIXES = (".onnx", ".dense.onnx", ".int8.onnx", ".tflite", ".dense.tflite", ".int8.tflite")
-
-
 def _check_targets(config: BuildConfig) -> None:
     """Fail fast (before any work) on a missing extra, a bad --batch, or an artifact that would overwrite the input."""
     if "tflite" in config.targets:
@@ -421,9 +392,7 @@ def _check_targets(config: BuildConfig) -> None:
             raise InputError(f"--batch must be at least 1, got {config.batch}")
     if not 0.0 <= config.int8_min_agreement <= 1.0:
         raise InputError(f"--int8-agreement must be between 0 and 1, got {config.int8_min_agreement}")
-    model = config.model.resolve()
-    if any((config.out / f"{config.stem}{suffix}").resolve() == model for suffix in ARTIFACT_SUFFIXES):
-        raise InputError(f"refusing to overwrite the input model {config.model}; choose another --out or --name")
+    outdir.refuse_input_overwrite(config.out, outdir.check_stem(config.stem), config.model)
 
 
 def _selection(model: nn.Module, config: BuildConfig) -> str | None:
@@ -443,17 +412,23 @@ def default_calib_samples(model: nn.Module, config: BuildConfig) -> int:
 
 
 def build(config: BuildConfig, progress: Progress | None = None) -> BuildResult:
-    """Run the whole build; artifacts and build.json land in ``config.out`` only if every step passed."""
+    """Run the whole build; artifacts and build.json land in ``config.out`` only if every step passed
+    (replacing an earlier build there as a whole). The folder is locked for the whole run."""
     if config.threads < 1:
         raise InputError(f"--threads must be >= 1, got {config.threads}")
     with torch_threads(config.threads):
-        return _build(config, progress)
+        return _locked_build(config, progress)
 
 
-def _build(config: BuildConfig, progress: Progress | None) -> BuildResult:
+def _locked_build(config: BuildConfig, progress: Progress | None) -> BuildResult:
     _check_training(config)
     _check_calibration(config)
     _check_targets(config)
+    with outdir.OutputFolder(config.out, protect=[config.model]) as folder:
+        return _build(config, folder, progress)
+
+
+def _build(config: BuildConfig, folder: outdir.OutputFolder, progress: Progress | None) -> BuildResult:
     timings = _Timings()
     with timings.stage("load", progress):
         loaded = load_model(config.model, factory=config.factory, allow_pickle=config.allow_pickle)
@@ -474,7 +449,7 @@ def _build(config: BuildConfig, progress: Progress | None) -> BuildResult:
         checks.append((eval_data.x, "eval"))
     stem = config.stem
     artifacts: dict[str, Any] = {}
-    with staged_output(config.out) as staging:
+    with folder.staging() as staging:
         onnx_roles = (("dense", loaded.module, f"{stem}.dense.onnx", None), ("compressed", compressed, f"{stem}.onnx", plan))
         for role, model, filename, model_plan in onnx_roles if "onnx" in config.targets else ():
             artifacts[role] = _export_verified(model, role, staging / filename, config, input_shape,
