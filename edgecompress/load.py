@@ -199,7 +199,7 @@ def load_model(path: str | Path, *, factory: str | None = None, allow_pickle: bo
             try:
                 module.load_state_dict(obj)
             except RuntimeError as exc:
-                raise InputError(f"state_dict does not fit the factory's model: {str(exc).splitlines()[0]}") from exc
+                raise InputError(f"state_dict does not fit the factory's model: {' '.join(str(exc).split())[:600]}") from exc
             fmt = "state_dict"
         else:
             raise InputError(f"{path} holds a {type(obj).__name__}, not a model or a state_dict")
@@ -211,7 +211,12 @@ def load_model(path: str | Path, *, factory: str | None = None, allow_pickle: bo
 
 def factory_module(factory: Callable[[], nn.Module]) -> nn.Module:
     """Call a factory and check it returned a module."""
-    module = factory()
+    try:
+        module = factory()
+    except Exception as exc:  # the user's code: any failure is bad input, reported in one line
+        message = " ".join(str(exc).split()) or "no message"
+        raise InputError(f"the factory {getattr(factory, '__name__', factory)!s} raised {type(exc).__name__}: "
+                         f"{message[:300]}") from exc
     if not isinstance(module, nn.Module):
         raise InputError(f"the factory returned {type(module).__name__}, not an nn.Module")
     return module

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgecompress import outdir, provenance
+from edgecompress import outdir, provenance, validate
 from edgecompress.data import Dataset, hold_out, load_dataset, validation_spec
 from edgecompress.errors import InputError
 from edgecompress.export import onnx as onnx_export
@@ -119,6 +119,11 @@ class _Timings(dict):
             self[name] = round(self.get(name, 0.0) + time.perf_counter() - start, 4)
 
 
+def output_classes(model: nn.Module, input_shape: tuple[int, ...]) -> int:
+    """The size of the model's last output dimension (the number of classes of a classifier)."""
+    return int(check_input_shape(model, input_shape).shape[-1])
+
+
 def resolve_input_shape(loaded: LoadedModel, given: tuple[int, ...] | None) -> tuple[int, ...]:
     """--input-shape, else the shape recorded in an exported program, else (1, in) of a leading Linear."""
     shape = given or loaded.example_shape or infer_input_shape(loaded.module)
@@ -137,6 +142,7 @@ def _model_dataset(spec: str, default_split: str, samples: int | None, input_sha
         else:
             raise InputError(f"{what} data {data.name} has samples of shape {data.x.shape[1:]}, "
                              f"the model expects {expected}")
+    validate.check_samples(data.x, data.y, data.name, what)
     return data
 
 
@@ -223,6 +229,8 @@ def _compress_stage(config: BuildConfig, model: nn.Module, input_shape: tuple[in
     record: dict[str, Any] = {}
     budget = config.budget
     validation = _validation_split(config, input_shape)
+    if validation is not None:
+        validate.check_labels(validation.y, output_classes(model, input_shape), validation.name, "--eval-split")
     if config.policy.needs_calibration:
         keep = len(calib) if getattr(config.policy, "needs_inputs", False) else 0
         calibration = layer_statistics(model, calib, list(spectra), keep_inputs=keep, progress=progress)
@@ -266,8 +274,21 @@ def _runner(path: Path) -> Callable[[np.ndarray], np.ndarray]:
 def _verifications(path: Path, model: nn.Module, checks: list[tuple[np.ndarray, str, Tolerance]]) -> list[dict[str, Any]]:
     """Verify one artifact against its torch model on each (inputs, description, tolerance)."""
     runner = _runner(path)
-    return [verify(path.name, runner, torch_outputs(model, inputs), inputs, description, tolerance).to_json()
+    return [verify(path.name, runner, _reference_outputs(model, inputs, description), inputs, description,
+                   tolerance).to_json()
             for inputs, description, tolerance in checks]
+
+
+def _reference_outputs(model: nn.Module, inputs: np.ndarray, description: str) -> np.ndarray:
+    """torch's outputs on verification inputs; InputError when the model itself fails on them (e.g. a
+    runtime check an exported program recorded for data-dependent control flow)."""
+    try:
+        return torch_outputs(model, inputs)
+    except Exception as exc:  # the model's own code (or its exported guards) rejected these inputs
+        message = " ".join(str(exc).split())[:300] or type(exc).__name__
+        raise InputError(f"the model fails on its {description} verification inputs ({len(inputs)} samples): "
+                         f"{message}; a program exported with data-dependent control flow may only accept inputs "
+                         "like its example (try --verify-samples 1 or re-export it)") from exc
 
 
 def _export_verified(model: nn.Module, role: str, path: Path, config: BuildConfig, input_shape: tuple[int, ...],
@@ -276,6 +297,7 @@ def _export_verified(model: nn.Module, role: str, path: Path, config: BuildConfi
     """Export one model, simplify it, guard its factors, verify it; return its artifact record."""
     with timings.stage(f"export_{role}", progress):
         onnx_export.export_onnx(model, input_shape, path, opset=config.opset)
+        validate.check_written_opset(path, config.opset)
         if plan is not None:
             onnx_export.check_factors_kept(path, plan, where=f"{path.name} (export)")
     simplified, skipped = False, onnx_export.simplify_skip_reason(path) if config.simplify else None
@@ -424,6 +446,7 @@ def _locked_build(config: BuildConfig, progress: Progress | None) -> BuildResult
     _check_training(config)
     _check_calibration(config)
     _check_targets(config)
+    validate.check_build_options(config)
     with outdir.OutputFolder(config.out, protect=[config.model]) as folder:
         return _build(config, folder, progress)
 
@@ -433,7 +456,10 @@ def _build(config: BuildConfig, folder: outdir.OutputFolder, progress: Progress 
     with timings.stage("load", progress):
         loaded = load_model(config.model, factory=config.factory, allow_pickle=config.allow_pickle)
         input_shape = resolve_input_shape(loaded, config.input_shape)
+        control_flow = validate.control_flow_linears(loaded.module)
         eval_data = _eval_dataset(config, input_shape)
+        if eval_data is not None:
+            validate.check_labels(eval_data.y, output_classes(loaded.module, input_shape), eval_data.name, "eval")
         calib = (None if config.calib_data is None
                  else calibration_data(config.calib_data, default_calib_samples(loaded.module, config), input_shape))
     compressed, plan, ranks_record = None, None, {}
@@ -480,5 +506,8 @@ def _build(config: BuildConfig, folder: outdir.OutputFolder, progress: Progress 
             "artifacts": artifacts,
             "timings_s": dict(timings),
         }
+        if control_flow:
+            record["warnings"] = ["Linear layers inside control-flow branches (torch.cond / while_loop) stay dense: "
+                                  + ", ".join(control_flow)]
         (staging / "build.json").write_text(json.dumps(record, indent=2) + "\n")
     return BuildResult(record, config.out, compressed, plan)

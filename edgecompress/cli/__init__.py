@@ -63,25 +63,61 @@ def cli(ctx: click.Context, debug: bool) -> None:
     ctx.obj["debug"] = debug
 
 
+def _one_line(text: str) -> str:
+    return " ".join(part.strip() for part in str(text).splitlines() if part.strip())
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"error: {_one_line(message)}", err=True)
+    sys.exit(code)
+
+
+def _usage_message(exc: click.UsageError) -> str:
+    """click's usage error as one line, with where to find the valid usage."""
+    command = exc.ctx.command_path if exc.ctx is not None else "edgecompress"
+    return f"{exc.format_message()} (see '{command} --help')"
+
+
+def _unexpected(exc: BaseException) -> tuple[str, int]:
+    """Message and exit code of an exception no library module mapped to a typed error."""
+    if isinstance(exc, OSError):  # disk full, permission denied, a folder where a file was expected ...
+        where = f": {exc.filename}" if exc.filename else ""
+        return f"{exc.strerror or type(exc).__name__}{where}", 2
+    if isinstance(exc, MemoryError):
+        return "out of memory; try a smaller model, batch or sample count", 1
+    first = _one_line(str(exc))[:300] or "no message"
+    return f"unexpected {type(exc).__name__}: {first} (re-run with --debug for the traceback)", 1
+
+
 def main(argv: list[str] | None = None) -> Any:
-    """Console-script entry point: runs the group and turns typed errors into exit codes."""
+    """Console-script entry point: runs the group and turns every failure into one ``error:`` line.
+
+    Exit codes: typed errors their own (2 bad input, 1 failed check), click usage errors 2, Ctrl-C 130,
+    an empty/truncated input read as end-of-file 2, anything unforeseen 1 (``--debug`` re-raises it).
+    """
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
     try:
         return cli.main(args=args, prog_name="edgecompress", standalone_mode=False)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
-        sys.exit(130)
+    except click.exceptions.Abort as exc:  # click turns EOFError and KeyboardInterrupt into Abort
+        if isinstance(exc.__context__, EOFError):
+            if debug:
+                raise
+            _fail("unexpected end of file while reading an input (an empty or truncated file?)", 2)
+        _fail("interrupted (Ctrl-C)", 130)
+    except click.UsageError as exc:
+        _fail(_usage_message(exc), 2)
     except click.ClickException as exc:
-        exc.show()
-        sys.exit(2 if isinstance(exc, click.UsageError) else exc.exit_code)
+        _fail(exc.format_message(), exc.exit_code)
     except EdgeCompressError as exc:
         if debug:
             raise
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(exc.exit_code)
+        _fail(str(exc), exc.exit_code)
     except KeyboardInterrupt:
-        click.echo("interrupted", err=True)
-        sys.exit(130)
+        _fail("interrupted (Ctrl-C)", 130)
+    except Exception as exc:  # noqa: BLE001 - the last resort: one line instead of a traceback
+        if debug:
+            raise
+        _fail(*_unexpected(exc))

@@ -205,8 +205,14 @@ def build(model: Path, target_text: str, out: Path, name: str | None, input_shap
         console.print("[yellow]note[/]: ddlr-convex solves a convex program per layer (ADMM, up to 1,000 "
                       "iterations each): seconds to minutes per layer, progress and an estimate are shown; "
                       "--policy data finds closed-form ranks in seconds", soft_wrap=True)
+    if json_out:
+        from edgecompress.report import check_writable
+
+        check_writable(json_out)  # fail now, not after the build
     with stage_spinner(quiet) as progress:
         result = run_build(config, progress=progress)
+    for warning in result.record.get("warnings", []):
+        click.echo(f"warning: {warning}", err=True)
     emit_build(result.record, out, json_out, quiet)
     if run_bench:
         bench_build(result.record, out, eval_data, quiet)

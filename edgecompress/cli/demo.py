@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import click
@@ -34,19 +35,36 @@ def demo(out: Path, policy: str, threshold: float, rank: int, epochs: int, json_
     from edgecompress.data import load_dataset
     from edgecompress.lowrank.policies import make_policy
     from edgecompress.models import digits_mlp, save_exported, train_classifier
+    from edgecompress.outdir import OutputFolder
     from edgecompress.pipeline import BuildConfig, build
+    from edgecompress.validate import check_positive
 
+    rank_policy = make_policy(policy, threshold=threshold, rank=rank)  # bad values fail before training
+    check_positive("--epochs", epochs)
+    if json_out:
+        from edgecompress.report import check_writable
+
+        check_writable(json_out)
+    with OutputFolder(out):  # refuses a file / unwritable --out now; removes it again if it stays empty
+        pass
     torch.manual_seed(0)
     with counted_bar("training the digits MLP: epoch", epochs, quiet) as advance:
         model = train_classifier(digits_mlp(), load_dataset("digits", "train"), epochs=epochs, lr=1e-3,
                                  batch_size=64, seed=0,
                                  on_epoch=(lambda _epoch, loss: advance(f"loss {loss:.4f}")) if advance else None)
     with stage_spinner(quiet) as progress:
+        created = not out.exists()
         out.mkdir(parents=True, exist_ok=True)
         model_path = save_exported(model, (1, 64), out / "digits-mlp.pt2")
-        config = BuildConfig(model=model_path, out=out, policy=make_policy(policy, threshold=threshold, rank=rank),
-                             eval_data="digits:test")
-        result = build(config, progress=progress)
+        config = BuildConfig(model=model_path, out=out, policy=rank_policy, eval_data="digits:test")
+        try:
+            result = build(config, progress=progress)
+        except BaseException:
+            model_path.unlink(missing_ok=True)
+            if created:
+                with contextlib.suppress(OSError):  # only if empty
+                    out.rmdir()
+            raise
     record = result.record
     emit_build(record, out, json_out, quiet)
     if quiet or json_out == "-":
