@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import gzip
 import struct
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -146,7 +147,7 @@ def load_npz(path: Path) -> Dataset:
             y = np.asarray(archive["y"]).astype(np.int64) if "y" in archive.files else None
     except InputError:
         raise
-    except (OSError, ValueError, EOFError) as exc:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise InputError(f"cannot read {path} as .npz: {exc or 'empty or truncated file'}") from exc
     if y is not None and y.shape[0] != x.shape[0]:
         raise InputError(f"{path}: x has {x.shape[0]} samples but y has {y.shape[0]}")

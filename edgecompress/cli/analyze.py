@@ -48,7 +48,9 @@ def analysis(model_path: Path, *, factory: str | None, allow_pickle: bool, input
     from edgecompress.lowrank.policies import EnergyPolicy, EntropyPolicy, PolicyContext
     from edgecompress.lowrank.spectrum import head_name, model_spectra
     from edgecompress.pipeline import calibration_data, layer_statistics, resolve_input_shape
+    from edgecompress.validate import check_regex
 
+    check_regex(exclude)
     loaded = load_model(model_path, factory=factory, allow_pickle=allow_pickle)
     shape = resolve_input_shape(loaded, parse_shape(input_shape) if input_shape else None)
     if progress:

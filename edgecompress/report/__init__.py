@@ -63,7 +63,24 @@ def load_bench(path: str | os.PathLike[str]) -> dict[str, Any]:
     missing = [k for k in ("models", "results", "reference") if not isinstance(bench.get(k), (list, str))]
     if missing:
         raise InputError(f"{path} is an incomplete bench.json: missing {', '.join(missing)}")
+    _check_entries(path, bench)
     return bench
+
+
+def _check_entries(path: Path, bench: dict[str, Any]) -> None:
+    """Every model has a name, every result names a listed model and a batch, the reference is listed."""
+    models, results = bench["models"], bench["results"]
+    if not isinstance(models, list) or not isinstance(results, list):
+        raise InputError(f"{path} is not a bench.json: 'models' and 'results' must be lists")
+    names = [m.get("name") if isinstance(m, dict) else None for m in models]
+    if not names or not all(isinstance(name, str) and name for name in names):
+        raise InputError(f"{path} is an incomplete bench.json: every entry of 'models' needs a 'name'")
+    if bench["reference"] not in names:
+        raise InputError(f"{path} is an incomplete bench.json: reference {bench['reference']!r} is not in 'models'")
+    for index, result in enumerate(results):
+        if not (isinstance(result, dict) and result.get("model") in names and isinstance(result.get("batch"), int)):
+            raise InputError(f"{path} is an incomplete bench.json: results[{index}] needs 'model' (one of the "
+                             "models) and an integer 'batch'")
 
 
 def check_writable(path: str | os.PathLike[str]) -> None:
