@@ -457,6 +457,8 @@ def _build(config: BuildConfig, folder: outdir.OutputFolder, progress: Progress 
         loaded = load_model(config.model, factory=config.factory, allow_pickle=config.allow_pickle)
         input_shape = resolve_input_shape(loaded, config.input_shape)
         control_flow = validate.control_flow_linears(loaded.module)
+        _reference_outputs(loaded.module, random_inputs(input_shape, config.verify_samples, config.seed),
+                           "random")  # a model that cannot run its verification inputs fails now, not after export
         eval_data = _eval_dataset(config, input_shape)
         if eval_data is not None:
             validate.check_labels(eval_data.y, output_classes(loaded.module, input_shape), eval_data.name, "eval")

@@ -292,3 +292,78 @@ def test_unexpected_error_is_one_line_and_debug_shows_it(env: Env, capsys: pytes
         from edgecompress.cli import main
 
         main(["--debug", *env.build()])
+
+
+class _DataDependent(__import__("torch").nn.Module):
+    """A program whose exported guard (k <= 96) holds for its example but not for a batch of inputs."""
+
+    def __init__(self) -> None:
+        import torch
+
+        super().__init__()
+        self.a, self.b = torch.nn.Linear(96, 96), torch.nn.Linear(96, 10)
+
+    def forward(self, x):  # noqa: ANN001, ANN201 - traced by torch.export
+        import torch
+
+        h = torch.relu(self.a(x))
+        k = (h > 0).sum().item()
+        torch._check(k <= 96)
+        return self.b(h) * k
+
+
+class _Branches(__import__("torch").nn.Module):
+    def __init__(self) -> None:
+        import torch
+
+        super().__init__()
+        self.a, self.b, self.c = torch.nn.Linear(64, 64), torch.nn.Linear(64, 64), torch.nn.Linear(64, 10)
+
+    def forward(self, x):  # noqa: ANN001, ANN201 - traced by torch.export
+        import torch
+
+        return self.c(torch.cond(x.sum() > 0, lambda t: self.a(t), lambda t: self.b(t), (x,)))
+
+
+def _export(module: object, features: int, path: Path) -> Path:
+    import torch
+
+    torch.manual_seed(0)
+    torch.export.save(torch.export.export(module, (torch.randn(1, features),)), path)
+    return path
+
+
+def test_data_dependent_program_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    model = _export(_DataDependent(), 96, tmp_path / "dd.pt2")
+    before = digest(tmp_path)
+    code, _, err = run_cli(["build", str(model), "--out", str(tmp_path / "out"), "--quiet", "--policy", "uniform",
+                            "--rank", "8"], capsys)
+    assert_one_error(code, err, 2, "Runtime assertion failed")
+    assert digest(tmp_path) == before
+
+
+def test_linear_layers_in_cond_branches_are_named(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    model = _export(_Branches(), 64, tmp_path / "cond.pt2")
+    code, _, err = run_cli(["build", str(model), "--out", str(tmp_path / "out"), "--quiet", "--policy", "uniform",
+                            "--rank", "8", "--verify-samples", "8"], capsys)
+    assert code == 0, err
+    assert err.startswith("warning: Linear layers inside control-flow branches") and "true_graph_0" in err
+    record = json.loads((tmp_path / "out" / "build.json").read_text())
+    assert "false_graph_0" in record["warnings"][0]
+
+
+def test_written_opset_must_match(tmp_path: Path) -> None:
+    import onnx
+    from onnx import helper
+
+    from edgecompress.errors import ExportError
+    from edgecompress.validate import check_written_opset
+
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])])
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    check_written_opset(path, 18)
+    with pytest.raises(ExportError, match="wrote opset 18"):
+        check_written_opset(path, 21)
