@@ -16,8 +16,10 @@ last 5,000, ``test`` = t10k. Digits: a fixed stratified 60/20/20 train/val/test 
 from __future__ import annotations
 
 import gzip
+import math
 import struct
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,7 +62,7 @@ def _open_idx(path: Path) -> bytes:
     try:
         with opener(path, "rb") as handle:
             return handle.read()
-    except (OSError, EOFError) as exc:
+    except (OSError, EOFError, zlib.error) as exc:
         raise InputError(f"cannot read IDX file {path}: {exc}") from exc
 
 
@@ -72,9 +74,11 @@ def read_idx(path: Path) -> np.ndarray:
     zero, dtype_code, ndim = struct.unpack(">HBB", raw[:4])
     if zero != 0 or dtype_code != 0x08:
         raise InputError(f"{path} is not an unsigned-byte IDX file (magic {raw[:4].hex()})")
+    if len(raw) < 4 + 4 * ndim:
+        raise InputError(f"{path} is truncated: its header declares {ndim} dimensions")
     dims = struct.unpack(">" + "I" * ndim, raw[4:4 + 4 * ndim])
     data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
-    if data.size != int(np.prod(dims)):
+    if data.size != math.prod(dims):
         raise InputError(f"{path} is truncated: header says {dims}, found {data.size} values")
     return data.reshape(dims)
 
@@ -143,15 +147,30 @@ def load_npz(path: Path) -> Dataset:
         with np.load(path, allow_pickle=False) as archive:
             if "x" not in archive.files:
                 raise InputError(f"{path} has no array 'x' (found: {', '.join(archive.files) or 'none'})")
-            x = np.asarray(archive["x"], dtype=np.float32)
-            y = np.asarray(archive["y"]).astype(np.int64) if "y" in archive.files else None
+            x_raw = archive["x"]
+            y_raw = archive["y"] if "y" in archive.files else None
     except InputError:
         raise
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise InputError(f"cannot read {path} as .npz: {exc or 'empty or truncated file'}") from exc
+    x, y = _npz_arrays(path, x_raw, y_raw)
     if y is not None and y.shape[0] != x.shape[0]:
         raise InputError(f"{path}: x has {x.shape[0]} samples but y has {y.shape[0]}")
     return Dataset(x, y, path.name)
+
+
+def _npz_arrays(path: Path, x: np.ndarray, y: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """``x`` as float32 samples (a real-valued array with a sample axis), ``y`` as int64 class labels."""
+    if x.dtype.kind not in "fiub" or x.ndim < 1:
+        raise InputError(f"{path}: 'x' must be a real-valued array with a sample axis, got {x.dtype} of shape "
+                         f"{x.shape}")
+    if y is None:
+        return x.astype(np.float32), None
+    if y.dtype.kind not in "iub" and not (y.dtype.kind == "f" and np.all(np.isfinite(y)) and np.all(y == np.round(y))):
+        raise InputError(f"{path}: 'y' must hold integer class labels, got {y.dtype}")
+    if y.ndim != 1:
+        raise InputError(f"{path}: 'y' must be one label per sample (1-D), got shape {y.shape}")
+    return x.astype(np.float32), y.astype(np.int64)
 
 
 def _split_spec(spec: str, default_split: str) -> tuple[str, str]:
