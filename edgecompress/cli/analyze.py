@@ -202,7 +202,8 @@ def plot(record: dict[str, Any], path: Path) -> None:
 @click.command(context_settings={"show_default": True})
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--factory", default=None, help="'module:function' or 'file.py:function' building the architecture for a state_dict.")
-@click.option("--allow-pickle", is_flag=True, help="Allow loading a fully pickled module (runs arbitrary code: trusted files only).")
+@click.option("--allow-pickle", is_flag=True, help="Allow loading a fully pickled module or a .pt2 with pickled members "
+              "(runs arbitrary code: trusted files only).")
 @click.option("--input-shape", default=None, help="Input shape, e.g. 1x784 (inferred when the first layer is a Linear).")
 @click.option("--exclude", default=None, help="Regex on layer names to leave out.")
 @click.option("--calib", "calib_data", default=None, help="Calibration data for the data error: .npz, IDX folder (default split train), 'digits'.")

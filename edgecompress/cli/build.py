@@ -89,7 +89,8 @@ HELP_GROUPS = (
 @click.option("--name", default=None, help="Artifact stem (default: the model file's stem).")
 @click.option("--input-shape", default=None, help="Input shape, e.g. 1x784 (inferred when the first layer is a Linear).")
 @click.option("--factory", default=None, help="'module:function' or 'file.py:function' building the architecture for a state_dict.")
-@click.option("--allow-pickle", is_flag=True, help="Allow loading a fully pickled module (runs arbitrary code: trusted files only).")
+@click.option("--allow-pickle", is_flag=True, help="Allow loading a fully pickled module or a .pt2 with pickled members (runs arbitrary "
+                   "code: trusted files only).")
 @click.option("--policy", type=click.Choice(POLICY_NAMES), default="energy", help="Rank policy.")
 @click.option("--energy", "threshold", type=float, default=0.95, help="energy: fraction of sum(s^2) to keep.")
 @click.option("--rank", type=int, default=32, help="uniform: the rank of every layer.")
