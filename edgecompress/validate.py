@@ -63,16 +63,15 @@ def check_non_negative(option: str, value: float | None) -> None:
 
 
 def check_build_options(config: Any) -> None:
-    """Options of a ``BuildConfig`` that no later stage validates before doing work."""
+    """Options of a ``BuildConfig`` that no later stage validates before doing work (training options
+    are checked by ``lowrank.finetune.phase_settings``)."""
     check_opset(config.opset)
     check_regex(config.exclude)
     check_positive("--verify-samples", config.verify_samples)
     check_positive("--eval-samples", config.eval_samples)
     check_positive("--calib-samples", config.calib_samples)
-    check_positive("--epochs", config.epochs)
     check_non_negative("--atol", config.tolerance.atol)
     check_non_negative("--rtol", config.tolerance.rtol)
-    check_non_negative("--distill-weight", config.distill_weight)
 
 
 def check_samples(x: np.ndarray, y: np.ndarray | None, name: str, what: str) -> None:
