@@ -151,7 +151,7 @@ def load_npz(path: Path) -> Dataset:
             y_raw = archive["y"] if "y" in archive.files else None
     except InputError:
         raise
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, NotImplementedError) as exc:  # zip: unsupported version
         raise InputError(f"cannot read {path} as .npz: {exc or 'empty or truncated file'}") from exc
     x, y = _npz_arrays(path, x_raw, y_raw)
     if y is not None and y.shape[0] != x.shape[0]:

@@ -130,7 +130,7 @@ def inspect_pt2(path: Path) -> ArchiveInfo:
     """
     try:
         zf = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as exc:
         raise InputError(f"{path} is not a readable torch.export archive (.pt2 is a zip file; this one is empty, truncated "
                          "or something else)") from exc
     with zf:

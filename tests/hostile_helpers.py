@@ -44,7 +44,7 @@ def rewrite_pt2(source: Path, target: Path, edit: Callable[[dict[str, bytes]], N
     edit(members)
     with zipfile.ZipFile(target, "w", compression=zipfile.ZIP_STORED) as zf:
         for name, data in members.items():
-            zf.writestr(f"{prefix}/{name}", data)
+            zf.writestr(zipfile.ZipInfo(f"{prefix}/{name}", date_time=(1980, 1, 1, 0, 0, 0)), data)  # repeatable bytes
     return target
 
 

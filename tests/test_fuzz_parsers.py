@@ -9,6 +9,7 @@ import io
 import json
 import struct
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -55,8 +56,13 @@ def scratch() -> Path:
 
 
 def _npz_bytes(**arrays: np.ndarray) -> bytes:
+    """An .npz with fixed member timestamps (np.savez stamps the current time), so mutations repeat."""
     buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
+    with zipfile.ZipFile(buffer, "w") as zf:
+        for name, array in arrays.items():
+            member = io.BytesIO()
+            np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
+            zf.writestr(zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0)), member.getvalue())
     return buffer.getvalue()
 
 
