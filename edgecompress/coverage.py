@@ -125,3 +125,12 @@ def _module(model: nn.Module, name: str) -> nn.Module | None:
         return model.get_submodule(name)
     except AttributeError:
         return None
+
+
+def keep_eager_paths(model: nn.Module) -> None:
+    """Turn off torch's fused TransformerEncoderLayer fast path where a feed-forward Linear was factorized:
+    it reads ``linear1.weight``/``linear2.weight`` directly; the eager path calls the layers (same maths)."""
+    for module in model.modules():
+        if isinstance(module, nn.TransformerEncoderLayer) and not (
+                isinstance(module.linear1, nn.Linear) and isinstance(module.linear2, nn.Linear)):
+            module.activation_relu_or_gelu = False  # only gates the fast path (layer and encoder checks)

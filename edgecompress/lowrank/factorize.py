@@ -170,6 +170,9 @@ def apply_ranks(model: nn.Module, spectra: dict[str, LayerSpectrum], ranks: dict
             bias = layers[name].bias.detach() if layers[name].bias is not None else None
             pair = LowRankLinear.from_factors(*source.factors(plan.rank), bias)
             new_model = replace_submodule(new_model, name, pair)
+    from edgecompress.coverage import keep_eager_paths  # (coverage imports lowrank.spectrum)
+
+    keep_eager_paths(new_model)
     if hasattr(new_model, "recompile"):
         new_model.recompile()  # fx GraphModules re-generate code after sub-module swaps
     return new_model, CompressionPlan(policy, tuple(plans))
