@@ -134,3 +134,9 @@ def keep_eager_paths(model: nn.Module) -> None:
         if isinstance(module, nn.TransformerEncoderLayer) and not (
                 isinstance(module.linear1, nn.Linear) and isinstance(module.linear2, nn.Linear)):
             module.activation_relu_or_gelu = False  # only gates the fast path (layer and encoder checks)
+
+
+def non_linear_matrices(model: nn.Module) -> list[tuple[int, ...]]:
+    """Shapes of the 2-D parameters outside Linear layers (embedding tables, in-projections), each once."""
+    in_linears = {id(p) for m in model.modules() if isinstance(m, nn.Linear) for p in m.parameters(recurse=False)}
+    return [tuple(p.shape) for p in model.parameters() if p.dim() == 2 and id(p) not in in_linears]

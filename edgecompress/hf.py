@@ -90,7 +90,14 @@ def load_hf_folder(path: Path, seq: int = DEFAULT_SEQ) -> tuple[nn.Module, Model
         config = transformers.AutoConfig.from_pretrained(str(path), local_files_only=True)
         pooling = _pooling(path)
         loader = transformers.AutoModel if pooling else _auto_class(transformers, config)
-        model = loader.from_pretrained(str(path), local_files_only=True, attn_implementation="eager")
+        options = {"local_files_only": True, "attn_implementation": "eager"}
+        if pooling:  # sentence-transformers pools the tokens itself: BERT's pooler would be dead weight
+            options["add_pooling_layer"] = False
+        try:
+            model = loader.from_pretrained(str(path), **options)
+        except TypeError:  # an architecture without a pooler option
+            options.pop("add_pooling_layer", None)
+            model = loader.from_pretrained(str(path), **options)
     except (OSError, ValueError, KeyError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InputError(f"{path} is not a loadable Hugging Face model folder (local folders only, no downloads): "

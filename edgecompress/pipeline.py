@@ -419,14 +419,15 @@ def _export_verified(model: nn.Module, role: str, path: Path, config: BuildConfi
     """Export one model, simplify it, guard its factors, verify it; return its artifact record."""
     with timings.stage(f"export_{role}", progress):
         onnx_export.export_onnx(model, io, path, opset=config.opset)
+        other = coverage.non_linear_matrices(model)
         if plan is not None:
-            onnx_export.check_factors_kept(onnx.load(str(path)), plan, where=f"{path.name} (export)")
+            onnx_export.check_factors_kept(onnx.load(str(path)), plan, where=f"{path.name} (export)", other=other)
     simplified = False
     if config.simplify:
         with timings.stage(f"simplify_{role}", progress):
             simplified = onnx_export.simplify_onnx(path)
             if plan is not None:
-                onnx_export.check_factors_kept(onnx.load(str(path)), plan, where=f"{path.name} (onnxsim)")
+                onnx_export.check_factors_kept(onnx.load(str(path)), plan, where=f"{path.name} (onnxsim)", other=other)
     with timings.stage(f"verify_{role}", progress):
         verifications = _verifications(path, role, checks, [config.tolerance] * len(checks), io)
     return {"path": path.name, "format": "onnx", "simplified": simplified, **onnx_export.onnx_facts(path),
@@ -453,7 +454,8 @@ def _int8_onnx(compressed: nn.Module, plan: CompressionPlan, config: BuildConfig
     with timings.stage("quantize_int8", progress):
         scheme = int8_export.quantize_onnx(staging / f"{config.stem}.onnx", path,
                                            calibration=calibration if io.single else None)
-        onnx_export.check_factors_kept(onnx.load(str(path)), plan, where=f"{path.name} (int8)")
+        onnx_export.check_factors_kept(onnx.load(str(path)), plan, where=f"{path.name} (int8)",
+                                       other=coverage.non_linear_matrices(compressed))
     with timings.stage("verify_int8", progress):
         int8_checks, tolerances = _int8_checks(checks, calibration, config, io, compressed)
         verifications = _verifications(path, "compressed", int8_checks, tolerances, io)

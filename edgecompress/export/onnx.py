@@ -148,9 +148,11 @@ def initializer_shapes(model: onnx.ModelProto) -> list[tuple[int, ...]]:
     return shapes
 
 
-def check_factors_kept(model: onnx.ModelProto, plan: CompressionPlan, *, where: str) -> None:
-    """The refold guard on an ONNX graph (see :func:`check_weight_shapes`)."""
-    check_weight_shapes(initializer_shapes(model), plan, where=where)
+def check_factors_kept(model: onnx.ModelProto, plan: CompressionPlan, *, where: str,
+                       other: Iterable[tuple[int, ...]] = ()) -> None:
+    """The refold guard on an ONNX graph (see :func:`check_weight_shapes`); ``other``: the model's 2-D
+    weights outside Linear layers (embedding tables ...), which may share a Linear's shape."""
+    check_weight_shapes(initializer_shapes(model), plan, where=where, other=other)
 
 
 def _matrix_key(shape: Iterable[int]) -> tuple[int, ...]:
@@ -169,7 +171,8 @@ def plan_weight_shapes(plan: CompressionPlan) -> list[tuple[int, int]]:
     return shapes
 
 
-def check_weight_shapes(shapes: Iterable[tuple[int, ...]], plan: CompressionPlan, *, where: str) -> None:
+def check_weight_shapes(shapes: Iterable[tuple[int, ...]], plan: CompressionPlan, *, where: str,
+                        other: Iterable[tuple[int, ...]] = ()) -> None:
     """Raise :class:`RefoldError` if an exported file holds more in x out matrices than the
     compressed model has (a factor pair was multiplied back), or lacks a layer's two factors.
 
@@ -179,7 +182,7 @@ def check_weight_shapes(shapes: Iterable[tuple[int, ...]], plan: CompressionPlan
     layer's dense weight from being a false alarm.
     """
     present = Counter(_matrix_key(s) for s in shapes if len(s) == 2)
-    allowed = Counter(_matrix_key(s) for s in plan_weight_shapes(plan))
+    allowed = Counter(_matrix_key(s) for s in [*plan_weight_shapes(plan), *other])
     for layer in plan.layers:
         if layer.rank is None:
             continue
