@@ -106,6 +106,7 @@ def test_zoo_onnx_benches_with_token_inputs(tmp_path: Path) -> None:
 
     build(_config("two_inputs", tmp_path, quantize=None))
     out = tmp_path / "out"
-    result = run_benchmark([out / "two_inputs.dense.onnx", out / "two_inputs.onnx"], runs=3, warmup=1,
-                           input_shapes={"x": ("N", 8, 16), "mask": ("N", 8)}, memory=False, progress=False)
+    result = run_benchmark([out / "two_inputs.dense.onnx", out / "two_inputs.onnx"], runs=3, warmup=1, seq=5,
+                           memory=False, progress=False)
     assert len(result["models"]) == 2
+    assert {i["name"]: i["shape"][1:] for i in result["config"]["inputs"]} == {"x": [5, 16], "mask": [5]}

@@ -229,7 +229,9 @@ def bench_build(record: dict, out: Path, eval_data: str | None, quiet: bool) -> 
     roles = [reference] + [role for role in artifacts if role != reference]
     paths = [str(out / artifacts[role]["path"]) for role in roles]
     batch = record["options"].get("tflite_batch") or 1
-    result = run_benchmark(paths, data=eval_data, batches=(batch,), threads=1, progress=not quiet)
+    seqs = [spec["shape"][spec["axes"].index("seq")] for spec in record["input"].get("inputs", []) if "seq" in spec["axes"]]
+    result = run_benchmark(paths, data=None if seqs else eval_data, batches=(batch,), threads=1,
+                           seq=seqs[0] if seqs else None, progress=not quiet)
     write_json(result, out / "bench.json")
     if not quiet:
         print_report(result, stdout)
