@@ -320,7 +320,8 @@ def infer_input_shape(module: nn.Module) -> tuple[int, ...]:
             if isinstance(sub, nn.Linear):
                 return (1, sub.in_features)
             break
-    raise InputError("cannot infer the input shape (the first layer is not a Linear); give --input-shape, e.g. 1x3x32x32")
+    raise InputError("cannot infer the input shape (the first layer is not a Linear); give --input-shape, e.g. "
+                     "1x3x32x32, or --input NAME:SHAPE:DTYPE per input, e.g. --input input_ids:batch=1,seq=128:int64")
 
 
 def check_input_shape(module: nn.Module, shape: tuple[int, ...]) -> torch.Tensor:

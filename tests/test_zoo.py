@@ -110,3 +110,21 @@ def test_zoo_onnx_benches_with_token_inputs(tmp_path: Path) -> None:
                            memory=False, progress=False)
     assert len(result["models"]) == 2
     assert {i["name"]: i["shape"][1:] for i in result["config"]["inputs"]} == {"x": [5, 16], "mask": [5]}
+
+
+def test_cli_input_flags_errors_are_one_line_exit_2(tmp_path: Path, capsys) -> None:
+    from edgecompress.cli import main
+
+    factory, _ = ZOO["embedding_mlp"]
+    weights = tmp_path / "emb.pt"
+    torch.save(factory().state_dict(), weights)
+    base = ["build", str(weights), "--factory", f"{FACTORY_FILE}:make_embedding_mlp", "--out", str(tmp_path / "o")]
+    for extra, needle in ((["--input", "ids:batch=1,seq=8:int64", "--quality-output", "nope"], "not an output"),
+                          (["--input", "ids:batch=1,seq=8:float8"], "dtype must be one of"),
+                          (["--input", "ids:batch=1,seq=8:int64", "--target", "tflite"], "tflite handles one float"),
+                          ([], "--input NAME:SHAPE:DTYPE")):  # an Embedding first: the input is not inferable
+        with pytest.raises(SystemExit) as exit_info:
+            main(base + extra)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert exit_info.value.code == 2 and len(err) == 1 and needle in err[0], err
+        assert not (tmp_path / "o").exists()
