@@ -28,6 +28,7 @@ from edgecompress.errors import InputError, UnsafeLoadError
 from edgecompress.spec import InputSpec, ModelIO
 
 PICKLE_FLAG = "--allow-pickle"
+RECURRENT_OPS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
 
 
 @dataclass(frozen=True)
@@ -177,7 +178,7 @@ def _program_io(program: Any) -> ModelIO:
                 axes.append(None)
                 continue
             symbol = str(dim)
-            default = "batch" if index == 0 else "seq" if index == 1 and not value.dtype.is_floating_point else f"d{len(symbols)}"
+            default = "batch" if index == 0 else "seq" if index == 1 else f"d{len(symbols)}"
             axes.append(symbols.setdefault(symbol, default))
             hint = dim.node.hint if hasattr(dim, "node") and dim.node.hint is not None else 2
             shape.append(int(hint))
@@ -201,6 +202,9 @@ def _embedding_rows(node: Any) -> int | None:
 def batch_is_free(module: nn.Module, io: ModelIO) -> bool:
     """Whether a static-batch program also runs at other batch sizes: traced symbolically (fake tensors,
     nothing executes), so a program whose graph pins the batch (reshapes, recurrent states) says no."""
+    if any(node.op == "call_function" and getattr(node.target, "__name__", "").split(".")[0] in RECURRENT_OPS
+           for node in getattr(module, "graph", torch.fx.Graph()).nodes):
+        return False  # aten.lstm/gru take their baked initial state unchecked: another batch corrupts memory
     dynamic = ModelIO(tuple(replace(s, axes=("batch",) + s.axes[1:]) for s in io.inputs))
     try:
         with warnings.catch_warnings():

@@ -109,3 +109,25 @@ def test_minilm_folder_one_command_to_verified_onnx(tmp_path: Path) -> None:
     assert record["input"]["outputs"] == ["sentence_embedding"]
     assert all(v["passed"] for a in record["artifacts"].values() for v in a["verification"])
     assert record["totals"]["layers_factorized"] > 0 and 0 < record["agreement"][0]["cosine_mean"] <= 1
+
+
+def test_pt2_inputs_come_from_the_graph_signature(tmp_path: Path) -> None:
+    """Names, dtypes and symbolic dims of a two-input .pt2; a static LSTM program probes its batch safely."""
+    from edgecompress.load import load_model
+
+    model = ZOO["two_inputs"][0]()
+    batch, seq = torch.export.Dim("b", min=1), torch.export.Dim("t", min=2)
+    program = torch.export.export(model, (torch.randn(2, 8, 16), torch.ones(2, 8)),
+                                  dynamic_shapes=({0: batch, 1: seq}, {0: batch, 1: seq}))
+    torch.export.save(program, tmp_path / "two.pt2")
+    io = load_model(tmp_path / "two.pt2").io
+    assert [(s.name, s.axes, s.dtype) for s in io.inputs] == [("x", ("batch", "seq", None), "float32"),
+                                                             ("mask", ("batch", "seq"), "float32")]
+    lstm = ZOO["lstm"][0]()
+    torch.export.save(torch.export.export(lstm, (torch.randn(1, 8, 16),)), tmp_path / "lstm.pt2")
+    loaded = load_model(tmp_path / "lstm.pt2")
+    assert loaded.io.inputs[0].shape == (1, 8, 16)
+    assert loaded.io.static_batch == 1  # aten.lstm keeps its batch-1 initial state: other batches corrupt memory
+    attention = ZOO["attention"][0]()
+    torch.export.save(torch.export.export(attention, (torch.randn(1, 8, 16),)), tmp_path / "attn.pt2")
+    assert load_model(tmp_path / "attn.pt2").io.static_batch == 1  # reshapes pin the batch
