@@ -31,6 +31,8 @@ def _transformers() -> Any:
         import transformers
     except ImportError as exc:
         raise MissingExtraError("loading a Hugging Face model folder", "hf") from exc
+    transformers.logging.set_verbosity_error()  # e.g. the unused pooler's "UNEXPECTED" weights report
+    transformers.utils.logging.disable_progress_bar()
     return transformers
 
 

@@ -148,18 +148,19 @@ def staged_output(out: Path) -> Iterator[Path]:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def resolve_io(loaded: LoadedModel, config: BuildConfig) -> ModelIO:
+def resolve_io(loaded: LoadedModel, *, inputs: tuple[InputSpec, ...] = (), input_shape: tuple[int, ...] | None = None,
+               seq: int | None = None, quality_output: str | None = None, seed: int = 0) -> ModelIO:
     """The model's inputs (--input, else --input-shape, else what the file records, else (1, in) of a
     leading Linear) and outputs (names and kinds, from one forward pass)."""
-    if config.inputs:
-        io = ModelIO(tuple(_with_vocab(spec, loaded.module) for spec in config.inputs))
-    elif config.input_shape:
-        io = ModelIO.single_float(config.input_shape)
+    if inputs:
+        io = ModelIO(tuple(_with_vocab(spec, loaded.module) for spec in inputs))
+    elif input_shape:
+        io = ModelIO.single_float(input_shape)
     else:
         io = loaded.io or ModelIO.single_float(infer_input_shape(loaded.module))
-    if config.seq is not None:
-        io = _with_seq(io, config.seq)
-    example = io.random(io.static_batch or 2, seed=config.seed)
+    if seq is not None:
+        io = _with_seq(io, seq)
+    example = io.random(io.static_batch or 2, seed=seed)
     try:
         with torch.no_grad():
             outputs = run_model(loaded.module, example, io)
@@ -170,9 +171,14 @@ def resolve_io(loaded: LoadedModel, config: BuildConfig) -> ModelIO:
         described = ", ".join(spec.describe() for spec in io.inputs)
         subject = f"input {described} does" if len(io.inputs) == 1 else f"inputs {described} do"
         raise InputError(f"{subject} not fit the model: {message}"
-                         + ("" if config.inputs else " (give them with --input NAME:SHAPE:DTYPE)")) from exc
+                         + ("" if inputs else " (give them with --input NAME:SHAPE:DTYPE)")) from exc
     kinds = {name: quality.output_kind(name, value.detach().numpy()) for name, value in outputs.items()}
-    return io.with_outputs(tuple(outputs), kinds, config.quality_output)
+    return io.with_outputs(tuple(outputs), kinds, quality_output)
+
+
+def resolve_input_shape(loaded: LoadedModel, given: tuple[int, ...] | None) -> tuple[int, ...]:
+    """The first input's tracing shape (see :func:`resolve_io`), for one-input tools such as ``analyze``."""
+    return resolve_io(loaded, input_shape=given).input_shape
 
 
 def _with_vocab(spec: InputSpec, module: nn.Module) -> InputSpec:
@@ -578,7 +584,8 @@ def build(config: BuildConfig, progress: Progress | None = None) -> BuildResult:
     timings = _Timings()
     with timings.stage("load", progress):
         loaded = load_model(config.model, factory=config.factory, allow_pickle=config.allow_pickle)
-        io = resolve_io(loaded, config)
+        io = resolve_io(loaded, inputs=config.inputs, input_shape=config.input_shape, seq=config.seq,
+                        quality_output=config.quality_output, seed=config.seed)
         _check_io_targets(config, io)
         eval_data = _eval_dataset(config, io)
         calib = (None if config.calib_data is None
