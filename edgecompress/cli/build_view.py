@@ -146,9 +146,9 @@ def print_build(record: dict[str, Any]) -> None:
     for line in training_lines(record):
         stdout.print(line, highlight=False)
     for line in verification_lines(record):
-        stdout.print(line)
+        stdout.print(line, markup=False)  # "[output_name]" is not rich markup
     for line in agreement_lines(record) + dense_weight_notes(record):
-        stdout.print(line, highlight=False)
+        stdout.print(line, highlight=False, markup=False)
     stdout.print(artifact_table(record))
     for note in artifact_notes(record):
         stdout.print(f"note: {note}")
