@@ -66,7 +66,8 @@ def parse_size(text: str | None) -> int | None:
 DATA_SYNTAX = ("DATA is an .npz (x, y), an MNIST-style IDX folder, 'digits' or 'fashion-mnist'; add "
                ":train, :val or :test to pick a split, e.g. digits:train, ../mnist:val.")
 HELP_GROUPS = (
-    ("Model and inputs", "", ("--input-shape", "--input", "--seq", "--quality-output", "--factory", "--allow-pickle", "--exclude", "--compress-head")),
+    ("Model and inputs", "", ("--input-shape", "--input", "--seq", "--quality-output", "--factory", "--allow-pickle",
+                              "--exclude", "--compress-head")),
     ("Rank policy", "", ("--policy", "--energy", "--rank", "--entropy-scale", "--max-error", "--no-refit",
                          "--round-to", "--svd", "--threads")),
     ("Data", DATA_SYNTAX, ("--eval", "--eval-samples", "--calib", "--calib-samples")),
