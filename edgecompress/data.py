@@ -2,7 +2,8 @@
 
 Torch-free, so the runtime-only bench can use it. A spec string names a dataset:
 
-- ``path/to/file.npz``      arrays ``x`` (float32, preprocessed) and optional ``y`` (int64)
+- ``path/to/file.npz``      arrays ``x`` (float32, preprocessed) and optional ``y`` (int64); for a
+                            model with named inputs, one array per input name (``load_named_npz``)
 - ``path/to/idx-folder``    train-/t10k- images and labels (.gz or raw); ``:train``/``:test``
                             (default ``test``) or ``:val`` picks the split; images become
                             ``(pixels/255 - 0.1307)/0.3081`` flattened
@@ -22,6 +23,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping, Union
 
 import numpy as np
 
@@ -34,26 +36,45 @@ FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 SPLITS = ("train", "val", "test")
 
 
+Inputs = dict[str, np.ndarray]  # one batch of named model inputs, all sharing dimension 0
+Batch = Union[np.ndarray, Mapping[str, np.ndarray]]
+
+
+def num_samples(x: Batch) -> int:
+    """Rows of an array, or of named arrays (their shared dimension 0)."""
+    if isinstance(x, np.ndarray):
+        return int(x.shape[0])
+    return int(next(iter(x.values())).shape[0]) if x else 0
+
+
+def slice_inputs(x: Batch, start: int | None, stop: int | None) -> Batch:
+    """Rows ``start:stop`` of an array or of each named array."""
+    if isinstance(x, np.ndarray):
+        return x[start:stop]
+    return {name: array[start:stop] for name, array in x.items()}
+
+
 @dataclass(frozen=True)
 class Dataset:
-    """Inputs ``x`` (float32) and optional labels ``y`` (int64), with a name for reports."""
+    """Inputs ``x`` (float32 array, or named arrays for multi-input models) and optional labels ``y``
+    (int64), with a name for reports."""
 
-    x: np.ndarray
+    x: Batch
     y: np.ndarray | None
     name: str
 
     def __len__(self) -> int:
-        return int(self.x.shape[0])
+        return num_samples(self.x)
 
     def take(self, n: int | None) -> "Dataset":
         """The first ``n`` samples (all when ``n`` is None)."""
         if n is None or n >= len(self):
             return self
-        return Dataset(self.x[:n], None if self.y is None else self.y[:n], f"{self.name}[:{n}]")
+        return Dataset(slice_inputs(self.x, None, n), None if self.y is None else self.y[:n], f"{self.name}[:{n}]")
 
-    def batches(self, size: int) -> "list[tuple[np.ndarray, np.ndarray | None]]":
+    def batches(self, size: int) -> "list[tuple[Batch, np.ndarray | None]]":
         """Consecutive (x, y) chunks of at most ``size`` samples."""
-        return [(self.x[i:i + size], None if self.y is None else self.y[i:i + size])
+        return [(slice_inputs(self.x, i, i + size), None if self.y is None else self.y[i:i + size])
                 for i in range(0, len(self), size)]
 
 
@@ -173,6 +194,26 @@ def _npz_arrays(path: Path, x: np.ndarray, y: np.ndarray | None) -> tuple[np.nda
     return x.astype(np.float32), y.astype(np.int64)
 
 
+def load_named_npz(path: Path, names: list[str]) -> Dataset:
+    """A ``.npz`` with one array per input name (dtypes kept) and optional ``y``."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            missing = [n for n in names if n not in archive.files]
+            if missing:
+                raise InputError(f"{path} lacks array(s) {', '.join(missing)}: a model with inputs {', '.join(names)} "
+                                 f"needs one array per input name (found: {', '.join(archive.files) or 'none'})")
+            x = {n: np.asarray(archive[n]) for n in names}
+            y = np.asarray(archive["y"]).astype(np.int64) if "y" in archive.files else None
+    except InputError:
+        raise
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read {path} as .npz: {exc}") from exc
+    counts = {n: a.shape[0] if a.ndim else 0 for n, a in x.items()}
+    if len(set(counts.values()) | ({y.shape[0]} if y is not None else set())) != 1:
+        raise InputError(f"{path}: arrays have different sample counts {counts}" + ("" if y is None else f", y {len(y)}"))
+    return Dataset(x, y, path.name)
+
+
 def _split_spec(spec: str, default_split: str) -> tuple[str, str]:
     base, sep, split = spec.rpartition(":")
     if sep and split in SPLITS and base:
@@ -216,7 +257,7 @@ def hold_out(data: Dataset, fraction: float = 0.1) -> tuple[Dataset, Dataset]:
                          "give one with --val")
 
     def part(rows: slice, label: str) -> Dataset:
-        return Dataset(data.x[rows], None if data.y is None else data.y[rows], f"{data.name}[{label}]")
+        return Dataset(slice_inputs(data.x, rows.start, rows.stop), None if data.y is None else data.y[rows], f"{data.name}[{label}]")
 
     return part(slice(None, -n_val), f":-{n_val}"), part(slice(-n_val, None), f"-{n_val}:")
 

@@ -1,5 +1,6 @@
-"""Load a trained model safely: a ``torch.export`` program (.pt2), a state_dict + factory, or
-(only with an explicit opt-in) a fully pickled module.
+"""Load a trained model safely: a ``torch.export`` program (.pt2), a state_dict (.pt or
+.safetensors) + factory, a Hugging Face-style model folder (see :mod:`edgecompress.hf`), or (only
+with an explicit opt-in) a fully pickled module.
 
 Every path returns a plain ``nn.Module`` in which each linear layer is an ``nn.Linear`` (an
 exported program's ``aten.linear`` calls are lifted into ``nn.Linear`` sub-modules), so the rest
@@ -14,7 +15,8 @@ import os
 import pickle
 import sys
 import zipfile
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -23,8 +25,10 @@ from torch import nn
 
 from edgecompress import onnxinfo, pt2_archive
 from edgecompress.errors import InputError, UnsafeLoadError
+from edgecompress.spec import InputSpec, ModelIO
 
 PICKLE_FLAG = "--allow-pickle"
+RECURRENT_OPS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,7 @@ class LoadedModel:
     format: str  # "export" | "state_dict" | "pickle" | "module"
     sha256: str
     example_shape: tuple[int, ...] | None  # input shape recorded in the file, if any
+    io: ModelIO | None = None  # inputs recorded in the file (a .pt2's signature, an HF folder's tokens)
 
 
 def load_factory(spec: str) -> Callable[[], nn.Module]:
@@ -153,7 +158,66 @@ def _replaceable(gm: nn.Module, path: str) -> bool:
     return not list(owner.children()) and names <= {"weight", "bias"} and not list(owner.buffers(recurse=False))
 
 
-def _load_export(path: Path, *, allow_pickle: bool = False) -> tuple[nn.Module, tuple[int, ...] | None]:
+def _program_io(program: Any) -> ModelIO:
+    """The user inputs of an exported program from its placeholders' metadata (never from pickled
+    sample inputs): names, dtypes, shapes; symbolic dims become dynamic axes (dim 0 "batch")."""
+    user_inputs = [spec.arg.name for spec in program.graph_signature.input_specs
+                   if spec.kind == torch.export.graph_signature.InputKind.USER_INPUT]
+    nodes = {node.name: node for node in program.graph.nodes if node.op == "placeholder"}
+    symbols: dict[str, str] = {}
+    specs = []
+    for name in user_inputs:
+        node = nodes.get(name)
+        value = None if node is None else node.meta.get("val")
+        if not isinstance(value, torch.Tensor):
+            raise InputError(f"the exported program's input {name!r} is not a tensor; edgecompress needs tensor inputs")
+        shape, axes = [], []
+        for index, dim in enumerate(value.shape):
+            if isinstance(dim, int):
+                shape.append(dim)
+                axes.append(None)
+                continue
+            symbol = str(dim)
+            default = "batch" if index == 0 else "seq" if index == 1 else f"d{len(symbols)}"
+            axes.append(symbols.setdefault(symbol, default))
+            hint = dim.node.hint if hasattr(dim, "node") and dim.node.hint is not None else 2
+            shape.append(int(hint))
+        dtype = str(value.dtype).removeprefix("torch.")
+        high = _embedding_rows(node)
+        role = "mask" if name.lower().endswith("mask") else "ids" if high else "data"
+        specs.append(InputSpec(name, tuple(shape), tuple(axes), dtype, 2 if role == "mask" else high, role))
+    return ModelIO(tuple(specs))
+
+
+def _embedding_rows(node: Any) -> int | None:
+    """Rows of the embedding table an integer input indexes (its value bound), if it feeds one directly."""
+    for user in node.users:
+        if user.target == torch.ops.aten.embedding.default and len(user.args) > 1 and user.args[1] is node:
+            weight = user.args[0].meta.get("val")
+            if isinstance(weight, torch.Tensor):
+                return int(weight.shape[0])
+    return None
+
+
+def batch_is_free(module: nn.Module, io: ModelIO) -> bool:
+    """Whether a static-batch program also runs at other batch sizes: traced symbolically (fake tensors,
+    nothing executes), so a program whose graph pins the batch (reshapes, recurrent states) says no."""
+    if any(node.op == "call_function" and getattr(node.target, "__name__", "").split(".")[0] in RECURRENT_OPS
+           for node in getattr(module, "graph", torch.fx.Graph()).nodes):
+        return False  # aten.lstm/gru take their baked initial state unchecked: another batch corrupts memory
+    dynamic = ModelIO(tuple(replace(s, axes=("batch",) + s.axes[1:]) for s in io.inputs))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.export.export(module, dynamic.example(2),
+                                dynamic_shapes=tuple({0: torch.export.Dim("batch", min=1)} for _ in io.inputs))
+    except Exception:  # any failure means the batch size is baked into the graph
+        return False
+    return True
+
+
+def _load_export(path: Path, *,
+                 allow_pickle: bool = False) -> tuple[nn.Module, tuple[int, ...] | None, ModelIO]:
     try:
         if allow_pickle:
             program = torch.export.load(path)
@@ -165,14 +229,11 @@ def _load_export(path: Path, *, allow_pickle: bool = False) -> tuple[nn.Module, 
         raise
     except Exception as exc:  # torch raises many types for a bad archive
         raise InputError(f"{path} is not a readable torch.export program: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
-    user_inputs = [spec.arg.name for spec in program.graph_signature.input_specs
-                   if spec.kind == torch.export.graph_signature.InputKind.USER_INPUT]
-    shape = None
-    for node in program.graph.nodes:
-        if node.op == "placeholder" and node.name in user_inputs and "val" in node.meta:
-            shape = tuple(int(d) for d in node.meta["val"].shape)
-            break
-    return _lift_linears(program.module()), shape
+    io = _program_io(program)
+    module = _lift_linears(program.module())
+    if io.static_batch is not None and batch_is_free(module, io):
+        io = ModelIO(tuple(replace(s, axes=("batch",) + s.axes[1:]) for s in io.inputs))  # re-exported dynamic
+    return module, io.inputs[0].shape if io.inputs else None, io
 
 
 def load_model(path: str | Path, *, factory: str | None = None, allow_pickle: bool = False) -> LoadedModel:
@@ -180,15 +241,17 @@ def load_model(path: str | Path, *, factory: str | None = None, allow_pickle: bo
     path = Path(path)
     if not path.exists():
         raise InputError(f"model file not found: {path}")
+    if path.is_dir():
+        return _load_folder(path)
     if not path.is_file():
         raise InputError(f"model path is not a file: {path}")
     digest = onnxinfo.sha256(path)
-    example_shape = None
+    example_shape, io = None, None
     if path.suffix == ".pt2":
-        module, example_shape = _load_export(path, allow_pickle=allow_pickle)
+        module, example_shape, io = _load_export(path, allow_pickle=allow_pickle)
         fmt = "export"
     else:
-        obj = _torch_load(path, weights_only=not allow_pickle)
+        obj = _read_safetensors(path) if path.suffix == ".safetensors" else _torch_load(path, weights_only=not allow_pickle)
         if isinstance(obj, nn.Module):
             module, fmt = obj, "pickle"
         elif isinstance(obj, dict) and all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -206,7 +269,33 @@ def load_model(path: str | Path, *, factory: str | None = None, allow_pickle: bo
     if fmt != "export":  # an exported program is already in inference form and refuses .eval()
         module.eval()
     check_finite(module)
-    return LoadedModel(module, path, fmt, digest, example_shape)
+    return LoadedModel(module, path, fmt, digest, example_shape, io)
+
+
+def _load_folder(path: Path) -> LoadedModel:
+    """A Hugging Face-style folder (config.json + weights); its digest is the weights files' digests'."""
+    from edgecompress import hf
+
+    if not hf.is_hf_folder(path):
+        raise InputError(f"model path {path} is a folder without config.json; give a model file (.pt2, .pt, "
+                         ".safetensors) or a local Hugging Face model folder")
+    module, io = hf.load_hf_folder(path)
+    check_finite(module)
+    weights = sorted(p for p in path.iterdir() if p.suffix in (".safetensors", ".bin"))
+    digest = onnxinfo.sha256(weights[0]) if len(weights) == 1 else ",".join(onnxinfo.sha256(p) for p in weights)
+    return LoadedModel(module, path, "hf_folder", digest, io.input_shape, io)
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors (a state_dict; never runs code)."""
+    try:
+        from safetensors.torch import load_file
+    except ImportError as exc:
+        raise InputError("reading .safetensors needs the safetensors package (the hf extra)") from exc
+    try:
+        return load_file(str(path))
+    except Exception as exc:  # safetensors raises SafetensorError / OSError for a bad header
+        raise InputError(f"{path} is not a readable safetensors file: {str(exc).splitlines()[0]}") from exc
 
 
 def factory_module(factory: Callable[[], nn.Module]) -> nn.Module:
@@ -248,7 +337,8 @@ def infer_input_shape(module: nn.Module) -> tuple[int, ...]:
             if isinstance(sub, nn.Linear):
                 return (1, sub.in_features)
             break
-    raise InputError("cannot infer the input shape (the first layer is not a Linear); give --input-shape, e.g. 1x3x32x32")
+    raise InputError("cannot infer the input shape (the first layer is not a Linear); give --input-shape, e.g. "
+                     "1x3x32x32, or --input NAME:SHAPE:DTYPE per input, e.g. --input input_ids:batch=1,seq=128:int64")
 
 
 def check_input_shape(module: nn.Module, shape: tuple[int, ...]) -> torch.Tensor:

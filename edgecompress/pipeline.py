@@ -16,21 +16,23 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgecompress import outdir, provenance, validate
-from edgecompress.data import Dataset, hold_out, load_dataset, validation_spec
+from edgecompress import coverage, hf, outdir, provenance, quality, validate
+from edgecompress.data import Dataset, hold_out, load_dataset, load_named_npz, num_samples, validation_spec
 from edgecompress.errors import InputError
 from edgecompress.export import onnx as onnx_export
 from edgecompress.export import quantize as int8_export
 from edgecompress.export import tflite as tflite_export
-from edgecompress.export.verify import Tolerance, ort_runner, random_inputs, torch_outputs, verify
-from edgecompress.load import LoadedModel, check_input_shape, infer_input_shape, load_model
+from edgecompress.export.verify import (Tolerance, ort_runner, random_inputs, torch_outputs, verify_outputs,
+                                        verify_samples)
+from edgecompress.load import LoadedModel, infer_input_shape, load_model
 from edgecompress.lowrank.budget import Budget, budget_compress
 from edgecompress.lowrank.calibration import Calibration, calibrate, require_samples
 from edgecompress.lowrank.data_policies import data_errors
 from edgecompress.lowrank.factorize import CompressionPlan, compress, excluded_reason, with_unplanned_layers
 from edgecompress.lowrank.finetune import TrainingReport, finetune, phase_settings, torch_threads
 from edgecompress.lowrank.policies import PolicyContext, RankPolicy, UniformPolicy
-from edgecompress.lowrank.spectrum import HEAD_KEPT_REASON, exclude_head, linear_layers, model_spectra, svd_settings
+from edgecompress.lowrank.spectrum import HEAD_KEPT_REASON, linear_layers, model_spectra, svd_settings
+from edgecompress.spec import Batch, InputSpec, ModelIO, outputs_of, run_model
 from edgecompress.lowrank.training import FINETUNE_EPOCHS, SVD_EPOCHS, SvdTrainingPolicy, svd_train
 from edgecompress.models import CACHE_DIR
 from edgecompress.bench.metrics import accuracy, macro_f1, top1
@@ -49,6 +51,9 @@ class BuildConfig:
     name: str | None = None
     targets: tuple[str, ...] = ("onnx",)
     input_shape: tuple[int, ...] | None = None
+    inputs: tuple[InputSpec, ...] = ()  # --input NAME:SHAPE:DTYPE (several named inputs, dynamic axes)
+    quality_output: str | None = None  # the output compressed-vs-dense quality is judged on
+    seq: int | None = None  # tracing/verification size of every "seq" axis
     factory: str | None = None
     allow_pickle: bool = False
     exclude: str | None = None
@@ -119,21 +124,72 @@ class _Timings(dict):
             self[name] = round(self.get(name, 0.0) + time.perf_counter() - start, 4)
 
 
-def output_classes(model: nn.Module, input_shape: tuple[int, ...]) -> int:
-    """The size of the model's last output dimension (the number of classes of a classifier)."""
-    return int(check_input_shape(model, input_shape).shape[-1])
+def output_classes(model: nn.Module, io: ModelIO) -> int:
+    """The size of the quality output's last dimension (the number of classes of a classifier)."""
+    outputs = _reference_outputs(model, random_batch(io, io.static_batch or 2, 0), io, "random")
+    return int(outputs[io.quality_output or next(iter(outputs))].shape[-1])
+
+
+def resolve_io(loaded: LoadedModel, *, inputs: tuple[InputSpec, ...] = (), input_shape: tuple[int, ...] | None = None,
+               seq: int | None = None, quality_output: str | None = None, seed: int = 0) -> ModelIO:
+    """The model's inputs (--input, else --input-shape, else what the file records, else (1, in) of a
+    leading Linear) and outputs (names and kinds, from one forward pass)."""
+    if inputs:
+        io = ModelIO(tuple(_with_vocab(spec, loaded.module) for spec in inputs))
+    elif input_shape:
+        io = ModelIO.single_float(input_shape)
+    else:
+        io = loaded.io or ModelIO.single_float(infer_input_shape(loaded.module))
+    if seq is not None:
+        io = _with_seq(io, seq)
+    example = io.random(io.static_batch or 2, seed=seed)
+    try:
+        with torch.no_grad():
+            outputs = run_model(loaded.module, example, io)
+    except InputError:
+        raise
+    except Exception as exc:  # any failure means these inputs do not fit the model
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        described = ", ".join(spec.describe() for spec in io.inputs)
+        subject = f"input {described} does" if len(io.inputs) == 1 else f"inputs {described} do"
+        raise InputError(f"{subject} not fit the model: {message}"
+                         + ("" if inputs else " (give them with --input NAME:SHAPE:DTYPE)")) from exc
+    kinds = {name: quality.output_kind(name, value.detach().numpy()) for name, value in outputs.items()}
+    return io.with_outputs(tuple(outputs), kinds, quality_output)
 
 
 def resolve_input_shape(loaded: LoadedModel, given: tuple[int, ...] | None) -> tuple[int, ...]:
-    """--input-shape, else the shape recorded in an exported program, else (1, in) of a leading Linear."""
-    shape = given or loaded.example_shape or infer_input_shape(loaded.module)
-    check_input_shape(loaded.module, shape)
-    return shape
+    """The first input's tracing shape (see :func:`resolve_io`), for one-input tools such as ``analyze``."""
+    return resolve_io(loaded, input_shape=given).input_shape
 
 
-def _model_dataset(spec: str, default_split: str, samples: int | None, input_shape: tuple[int, ...],
-                   what: str) -> Dataset:
-    """Load data and reshape its samples to the model's input (flat or not); InputError on a mismatch."""
+def _with_vocab(spec: InputSpec, module: nn.Module) -> InputSpec:
+    """Token ids without a value bound draw from the first nn.Embedding's rows."""
+    if spec.role != "ids" or spec.high is not None:
+        return spec
+    embedding = next((m for m in module.modules() if isinstance(m, nn.Embedding)), None)
+    return replace(spec, high=embedding.num_embeddings if embedding is not None else 2)
+
+
+def _with_seq(io: ModelIO, seq: int) -> ModelIO:
+    """Every axis named "seq" traced at ``seq``."""
+    if seq < 1:
+        raise InputError(f"--seq must be at least 1, got {seq}")
+    if not any("seq" in spec.axes for spec in io.inputs):
+        raise InputError("--seq applies to models with a 'seq' axis (e.g. --input input_ids:batch=1,seq=128:int64)")
+    return replace(io, inputs=tuple(replace(spec, shape=tuple(seq if a == "seq" else d for a, d in zip(spec.axes, spec.shape)))
+                                    for spec in io.inputs))
+
+
+def _model_dataset(spec: str, default_split: str, samples: int | None, io: ModelIO | tuple[int, ...],
+                   what: str, folder: Path | None = None) -> Dataset:
+    """Load data and fit it to the model's inputs: reshape a one-input model's samples (flat or not),
+    or take one array per input name from an .npz / tokenize a text file; InputError on a mismatch."""
+    if not isinstance(io, ModelIO):
+        io = ModelIO.single_float(io)
+    if not io.single:
+        return _named_dataset(spec, samples, io, what, folder)
+    input_shape = io.input_shape
     data = load_dataset(spec, default_split=default_split).take(samples)
     expected = input_shape[1:]
     if data.x.shape[1:] != expected:
@@ -146,13 +202,36 @@ def _model_dataset(spec: str, default_split: str, samples: int | None, input_sha
     return data
 
 
-def _eval_dataset(config: BuildConfig, input_shape: tuple[int, ...]) -> Dataset | None:
+def _named_dataset(spec: str, samples: int | None, io: ModelIO, what: str, folder: Path | None) -> Dataset:
+    """Multi-input data: an .npz with one array per input name, or (model folder with a tokenizer) a text file."""
+    path = Path(spec)
+    if path.suffix in hf.TEXT_SUFFIXES and path.is_file():
+        if folder is None or not folder.is_dir():
+            raise InputError(f"{what} data {spec} is text: text needs a model folder with a tokenizer")
+        seq = max(s.shape[1] for s in io.inputs if len(s.shape) > 1)
+        data = Dataset(hf.tokenize_text(path, folder, seq), None, path.name)
+    elif path.suffix == ".npz" and path.is_file():
+        data = load_named_npz(path, io.names)
+    else:
+        raise InputError(f"{what} data {spec}: a model with inputs {', '.join(io.names)} takes an .npz with one "
+                         "array per input name" + (" or a text file (one sentence per line)" if folder else ""))
+    data = data.take(samples)
+    for name in io.names:
+        want, got = io.spec(name), data.x[name]
+        if got.ndim != len(want.shape) or any(a is None and g != w for a, g, w in zip(want.axes, got.shape, want.shape)):
+            raise InputError(f"{what} data {data.name}: array {name!r} has shape {got.shape}, the model expects "
+                             f"{want.describe()}")
+        data.x[name] = got.astype(want.dtype, copy=False)
+    return data
+
+
+def _eval_dataset(config: BuildConfig, io: ModelIO) -> Dataset | None:
     if config.eval_data is None:
         return None
-    return _model_dataset(config.eval_data, "test", config.eval_samples, input_shape, "eval")
+    return _model_dataset(config.eval_data, "test", config.eval_samples, io, "eval", config.model)
 
 
-def _validation_split(config: BuildConfig, input_shape: tuple[int, ...]) -> Dataset | None:
+def _validation_split(config: BuildConfig, io: ModelIO) -> Dataset | None:
     """--eval-split: labelled validation data for budget search (refuses a test split)."""
     if config.eval_split is None:
         return None
@@ -160,14 +239,14 @@ def _validation_split(config: BuildConfig, input_shape: tuple[int, ...]) -> Data
         what = "a test split" if config.eval_split.endswith(":test") else "also the --eval data"
         raise InputError(f"--eval-split {config.eval_split} is {what}: search on a validation split "
                          "(e.g. mnist:val, digits:val) and keep the test split for --eval")
-    data = _model_dataset(config.eval_split, "val", None, input_shape, "--eval-split")
+    data = _model_dataset(config.eval_split, "val", None, io, "--eval-split", config.model)
     if data.y is None:
         raise InputError(f"--eval-split data {data.name} has no labels (an .npz needs a 'y' array)")
     return data
 
 
-def size_measure(config: BuildConfig, input_shape: tuple[int, ...],
-                 calibration: np.ndarray | None) -> Callable[[nn.Module], int]:
+def size_measure(config: BuildConfig, io: ModelIO | tuple[int, ...],
+                 calibration: Batch | None) -> Callable[[nn.Module], int]:
     """What ``--target-size`` is about: bytes of a candidate exported (and simplified) as the build
     writes it, quantized the build's way with ``--quantize int8`` (static with ``calibration``)."""
     quantize = config.quantize == "int8"
@@ -175,7 +254,7 @@ def size_measure(config: BuildConfig, input_shape: tuple[int, ...],
     def size_of(model: nn.Module) -> int:
         with tempfile.TemporaryDirectory(prefix="edgecompress-size-") as folder:
             path = Path(folder) / "candidate.onnx"
-            onnx_export.export_onnx(model, input_shape, path, opset=config.opset)
+            onnx_export.export_onnx(model, io, path, opset=config.opset)
             if config.simplify:
                 onnx_export.simplify_onnx(path)
             if quantize:
@@ -195,15 +274,33 @@ def layer_statistics(model: nn.Module, data: Dataset, names: list[str], *, keep_
     return calibration
 
 
-def calibration_data(spec: str, samples: int, input_shape: tuple[int, ...]) -> Dataset:
+def calibration_data(spec: str, samples: int, io: ModelIO | tuple[int, ...], folder: Path | None = None) -> Dataset:
     """--calib data (default split ``train``), the first ``samples`` of it, shaped for the model."""
-    return _model_dataset(spec, "train", samples, input_shape, "calibration")
+    return _model_dataset(spec, "train", samples, io, "calibration", folder)
 
 
-def whole_model_plan(plan: CompressionPlan, model: nn.Module, config: BuildConfig) -> CompressionPlan:
-    """``plan`` (of the selected layers) plus the kept-dense head and the ``--exclude``'d layers."""
+def whole_model_plan(plan: CompressionPlan, model: nn.Module, config: BuildConfig,
+                     reasons: dict[str, str] | None = None) -> CompressionPlan:
+    """``plan`` (of the selected layers) plus the kept-dense layers (head, attention out_proj, tied
+    weights: ``reasons``) and the ``--exclude``'d layers; tied weights counted once."""
+    for name, reason in (reasons or {}).items():
+        plan = with_unplanned_layers(plan, model, reason, exclude=coverage.exclude_pattern(
+            [n for n in reasons if n != name], config.exclude))
     plan = with_unplanned_layers(plan, model, HEAD_KEPT_REASON, exclude=config.exclude)
-    return with_unplanned_layers(plan, model, excluded_reason(config.exclude))
+    plan = with_unplanned_layers(plan, model, excluded_reason(config.exclude))
+    return coverage.count_tied_once(plan, model)
+
+
+def kept_dense(model: nn.Module, io: ModelIO, config: BuildConfig) -> dict[str, str]:
+    """Layer -> reason for the Linears this build leaves dense before any policy runs."""
+    reasons = coverage.dense_by_structure(model)
+    if config.keep_head:
+        example = io.random(io.static_batch or 2, seed=config.seed)
+        heads = coverage.classifier_heads(model, lambda: run_model(model, example, io), dict(io.output_kinds),
+                                          config.exclude)
+        for name, output in heads.items():
+            reasons.setdefault(name, coverage.HEAD_REASON.format(output=output))
+    return reasons
 
 
 def _check_calibration(config: BuildConfig) -> None:
@@ -216,21 +313,22 @@ def _check_calibration(config: BuildConfig) -> None:
                          "budget mode and --quantize int8; drop it or use one of those")
 
 
-def _compress_stage(config: BuildConfig, model: nn.Module, input_shape: tuple[int, ...], calib: Dataset | None,
+def _compress_stage(config: BuildConfig, model: nn.Module, io: ModelIO, calib: Dataset | None,
                     progress: Progress | None) -> tuple[nn.Module, CompressionPlan, dict[str, Any]]:
     """Spectra, calibration (data policies), then the policy's ranks or the budget search.
 
     Returns the compressed model, its plan, and extra build.json sections (``calibration``,
     ``search``, ``ddlr_convex``).
     """
-    spectra = model_spectra(model, _selection(model, config), settings=svd_settings(config.svd),
-                            on_progress=progress)  # decomposed lazily, one layer at a time
+    reasons = kept_dense(model, io, config)
+    spectra = model_spectra(model, coverage.exclude_pattern(list(reasons), config.exclude),
+                            settings=svd_settings(config.svd), on_progress=progress)  # decomposed lazily, one layer at a time
     context = PolicyContext(progress=progress is not None, on_progress=progress, round_to=config.round_to)
     record: dict[str, Any] = {}
     budget = config.budget
-    validation = _validation_split(config, input_shape)
+    validation = _validation_split(config, io)
     if validation is not None:
-        validate.check_labels(validation.y, output_classes(model, input_shape), validation.name, "--eval-split")
+        validate.check_labels(validation.y, output_classes(model, io), validation.name, "--eval-split")
     if config.policy.needs_calibration:
         keep = len(calib) if getattr(config.policy, "needs_inputs", False) else 0
         calibration = layer_statistics(model, calib, list(spectra), keep_inputs=keep, progress=progress)
@@ -243,8 +341,8 @@ def _compress_stage(config: BuildConfig, model: nn.Module, input_shape: tuple[in
         result = budget_compress(
             model, config.policy, spectra, budget, context=context, allocation=config.allocation,
             confidence=config.confidence, inputs=inputs,
-            evaluate=None if validation is None else (lambda m: torch_outputs(m, validation.x).argmax(-1) == validation.y),
-            size_of=size_measure(config, input_shape, None if calib is None else calib.x))
+            evaluate=None if validation is None else (lambda m: torch_outputs(m, validation.x, io=io).argmax(-1) == validation.y),
+            size_of=size_measure(config, io, None if calib is None else calib.x))
         compressed, plan = result.model, result.plan
         record["search"] = result.record
         if budget.target_size is not None:
@@ -253,12 +351,14 @@ def _compress_stage(config: BuildConfig, model: nn.Module, input_shape: tuple[in
         record["calibration"]["relative_error"] = data_errors(context, plan.ranks)
     if "ddlr_convex" in context.extras:
         record["ddlr_convex"] = context.extras["ddlr_convex"]
-    return compressed, whole_model_plan(plan, model, config), record
+    return compressed, whole_model_plan(plan, model, config, reasons), record
 
 
-def evaluate_runner(runner: Callable[[np.ndarray], np.ndarray], data: Dataset) -> dict[str, Any]:
+def evaluate_runner(runner: Callable[[Batch], Any], data: Dataset) -> dict[str, Any]:
     """Accuracy and macro-F1 of a runner on labelled data (None without labels)."""
     outputs = runner(data.x)
+    if isinstance(outputs, dict):
+        outputs = next(iter(outputs.values()))
     if data.y is None:
         return {"dataset": data.name, "samples": len(data), "accuracy": None, "macro_f1": None}
     predictions = top1(outputs)
@@ -266,78 +366,125 @@ def evaluate_runner(runner: Callable[[np.ndarray], np.ndarray], data: Dataset) -
             "macro_f1": macro_f1(data.y, predictions)}
 
 
-def _runner(path: Path) -> Callable[[np.ndarray], np.ndarray]:
-    """onnxruntime for .onnx (the build's torch thread count), LiteRT for .tflite."""
-    return tflite_export.litert_runner(path) if path.suffix == ".tflite" else ort_runner(path, torch.get_num_threads())
+def _runner(path: Path, io: ModelIO | None = None) -> Callable[[Batch], Any]:
+    """onnxruntime for .onnx (every output by name, the build's torch thread count), LiteRT for .tflite."""
+    if path.suffix == ".tflite":
+        return tflite_export.litert_runner(path)
+    return ort_runner(path, torch.get_num_threads(), named=True, static_batch=None if io is None else io.static_batch)
 
 
-def _verifications(path: Path, model: nn.Module, checks: list[tuple[np.ndarray, str, Tolerance]]) -> list[dict[str, Any]]:
-    """Verify one artifact against its torch model on each (inputs, description, tolerance)."""
-    runner = _runner(path)
-    return [verify(path.name, runner, _reference_outputs(model, inputs, description), inputs, description,
-                   tolerance).to_json()
-            for inputs, description, tolerance in checks]
+@dataclass(frozen=True)
+class Check:
+    """One set of verification inputs, and the torch outputs of the dense and compressed models on them."""
+
+    inputs: Batch
+    description: str
+    references: dict[str, dict[str, np.ndarray]]  # role ("dense"/"compressed") -> output name -> array
 
 
-def _reference_outputs(model: nn.Module, inputs: np.ndarray, description: str) -> np.ndarray:
+def _checks(sets: list[tuple[Batch, str]], models: dict[str, nn.Module], io: ModelIO) -> list[Check]:
+    return [Check(x, description, {role: _reference_outputs(model, x, io, description) for role, model in models.items()})
+            for x, description in sets]
+
+
+def _reference_outputs(model: nn.Module, inputs: Batch, io: ModelIO, description: str) -> dict[str, np.ndarray]:
     """torch's outputs on verification inputs; InputError when the model itself fails on them (e.g. a
     runtime check an exported program recorded for data-dependent control flow)."""
     try:
-        return torch_outputs(model, inputs)
+        return outputs_of(model, inputs, io)
     except Exception as exc:  # the model's own code (or its exported guards) rejected these inputs
         message = " ".join(str(exc).split())[:300] or type(exc).__name__
-        raise InputError(f"the model fails on its {description} verification inputs ({len(inputs)} samples): "
+        raise InputError(f"the model fails on its {description} verification inputs ({num_samples(inputs)} samples): "
                          f"{message}; a program exported with data-dependent control flow may only accept inputs "
                          "like its example (try --verify-samples 1 or re-export it)") from exc
 
 
-def _export_verified(model: nn.Module, role: str, path: Path, config: BuildConfig, input_shape: tuple[int, ...],
-                     plan: CompressionPlan | None, checks: list[tuple[np.ndarray, str]],
+def random_batch(io: ModelIO, samples: int, seed: int) -> Batch:
+    """Seeded random inputs of the model's kinds: normal floats, token ids below the vocabulary, 0/1 masks."""
+    return random_inputs(io.input_shape, samples, seed) if io.single else io.random(samples, seed)
+
+
+def _verifications(path: Path, role: str, checks: list[Check], tolerances: list[Tolerance],
+                   io: ModelIO) -> list[dict[str, Any]]:
+    """Verify one artifact against its torch model's outputs on each check: one record per output."""
+    runner = _runner(path, io)
+    return [record.to_json() for check, tolerance in zip(checks, tolerances)
+            for record in verify_outputs(path.name, runner, check.references[role], check.inputs,
+                                         check.description, tolerance, dict(io.output_kinds))]
+
+
+def agreement(checks: list[Check], io: ModelIO) -> list[dict[str, Any]]:
+    """Compressed vs dense torch outputs on each check, by the quality output's kind (top-1, cosine, rel. error)."""
+    name = io.quality_output or next(iter(checks[0].references["dense"]))
+    kind = io.output_kinds.get(name, "values")
+    return [{"inputs": check.description, "samples": len(check.references["dense"][name]), "output": name,
+             "kind": kind, **quality.agreement(check.references["dense"][name], check.references["compressed"][name], kind)}
+            for check in checks]
+
+
+def _export_verified(model: nn.Module, role: str, path: Path, config: BuildConfig, io: ModelIO,
+                     plan: CompressionPlan | None, checks: list[Check],
                      timings: _Timings, progress: Progress | None) -> dict[str, Any]:
     """Export one model, simplify it, guard its factors, verify it; return its artifact record."""
     with timings.stage(f"export_{role}", progress):
-        onnx_export.export_onnx(model, input_shape, path, opset=config.opset)
+        onnx_export.export_onnx(model, io, path, opset=config.opset)
         validate.check_written_opset(path, config.opset)
+        other = coverage.non_linear_matrices(model)
         if plan is not None:
-            onnx_export.check_factors_kept(path, plan, where=f"{path.name} (export)")
+            onnx_export.check_factors_kept(path, plan, where=f"{path.name} (export)", other=other)
     simplified, skipped = False, onnx_export.simplify_skip_reason(path) if config.simplify else None
     if config.simplify and skipped is None:
         with timings.stage(f"simplify_{role}", progress):
             simplified = onnx_export.simplify_onnx(path)
             if plan is not None:
-                onnx_export.check_factors_kept(path, plan, where=f"{path.name} (onnxsim)")
+                onnx_export.check_factors_kept(path, plan, where=f"{path.name} (onnxsim)", other=other)
     with timings.stage(f"verify_{role}", progress):
-        verifications = _verifications(path, model, [(x, description, config.tolerance) for x, description in checks])
+        verifications = _verifications(path, role, checks, [config.tolerance] * len(checks), io)
     note = {"simplify_note": skipped} if skipped else {}
     return {"path": path.name, "format": "onnx", "simplified": simplified, **note, **onnx_export.onnx_facts(path),
             "verification": verifications}
 
 
-def _int8_onnx(compressed: nn.Module, plan: CompressionPlan, config: BuildConfig, calibration: np.ndarray | None,
-               staging: Path, checks: list[tuple[np.ndarray, str]], timings: _Timings,
+def _int8_checks(checks: list[Check], calibration: Batch | None, config: BuildConfig, io: ModelIO,
+                 compressed: nn.Module) -> tuple[list[Check], list[Tolerance]]:
+    """int8's inputs and bounds (export/quantize.py's rules), with the fp32 compressed model's outputs."""
+    plain = int8_export.int8_checks([(c.inputs, c.description) for c in checks],
+                                    calibration if io.single else None, config.int8_min_agreement,
+                                    min(config.verify_samples, num_samples(checks[0].inputs)))
+    known = {id(c.inputs): c for c in checks}
+    result = [known[id(x)] if id(x) in known else _checks([(x, d)], {"compressed": compressed}, io)[0]
+              for x, d, _ in plain]
+    return result, [tolerance for _, _, tolerance in plain]
+
+
+def _int8_onnx(compressed: nn.Module, plan: CompressionPlan, config: BuildConfig, calibration: Batch | None,
+               staging: Path, checks: list[Check], io: ModelIO, timings: _Timings,
                progress: Progress | None) -> dict[str, Any]:
     """--quantize int8 of the compressed ONNX (static QDQ with --calib), guarded and verified against fp32 torch."""
     path = staging / f"{config.stem}.int8.onnx"
     with timings.stage("quantize_int8", progress):
-        scheme = int8_export.quantize_onnx(staging / f"{config.stem}.onnx", path, calibration=calibration)
-        onnx_export.check_factors_kept(path, plan, where=f"{path.name} (int8)")
+        scheme = int8_export.quantize_onnx(staging / f"{config.stem}.onnx", path,
+                                           calibration=calibration if io.single else None)
+        onnx_export.check_factors_kept(path, plan, where=f"{path.name} (int8)",
+                                       other=coverage.non_linear_matrices(compressed))
     with timings.stage("verify_int8", progress):
-        verifications = _verifications(path, compressed, int8_export.int8_checks(
-            checks, calibration, config.int8_min_agreement, config.verify_samples))
+        int8_checks, tolerances = _int8_checks(checks, calibration, config, io, compressed)
+        verifications = _verifications(path, "compressed", int8_checks, tolerances, io)
     return {"path": path.name, "format": "onnx", "quantization": scheme.to_json(), **onnx_export.onnx_facts(path),
             "verification": verifications}
 
 
 def _tflite_artifacts(dense: nn.Module, compressed: nn.Module, plan: CompressionPlan, config: BuildConfig,
-                      input_shape: tuple[int, ...], staging: Path, checks: list[tuple[np.ndarray, str]],
+                      io: ModelIO, staging: Path, checks: list[Check],
                       timings: _Timings, progress: Progress | None) -> dict[str, Any]:
     """--target tflite: dense and compressed .tflite (and int8 with --quantize), batch fixed at --batch."""
-    jobs = [("dense_tflite", dense, f"{config.stem}.dense.tflite", None),
-            ("tflite", compressed, f"{config.stem}.tflite", plan)]
+    input_shape = io.input_shape
+    jobs = [("dense_tflite", "dense", dense, f"{config.stem}.dense.tflite", None),
+            ("tflite", "compressed", compressed, f"{config.stem}.tflite", plan)]
     if config.quantize == "int8":
-        jobs.append(("int8_tflite", compressed, f"{config.stem}.int8.tflite", plan))
+        jobs.append(("int8_tflite", "compressed", compressed, f"{config.stem}.int8.tflite", plan))
     artifacts: dict[str, Any] = {}
-    for role, model, filename, model_plan in jobs:
+    for role, source, model, filename, model_plan in jobs:
         path, extra = staging / filename, {}
         with timings.stage(f"convert_{role}", progress):
             if role == "int8_tflite":
@@ -348,9 +495,11 @@ def _tflite_artifacts(dense: nn.Module, compressed: nn.Module, plan: Compression
             if model_plan is not None:
                 tflite_export.check_tflite_factors(path, model_plan, where=f"{filename} (litert-torch)")
         with timings.stage(f"verify_{role}", progress):
-            role_checks = (int8_export.int8_checks(checks, None, config.int8_min_agreement, config.verify_samples)
-                           if role == "int8_tflite" else [(x, description, config.tolerance) for x, description in checks])
-            verifications = _verifications(path, model, role_checks)
+            if role == "int8_tflite":
+                role_checks, tolerances = _int8_checks(checks, None, config, io, compressed)
+            else:
+                role_checks, tolerances = checks, [config.tolerance] * len(checks)
+            verifications = _verifications(path, source, role_checks, tolerances, io)
         artifacts[role] = {"path": filename, "format": "tflite", "fixed_batch": True, **extra,
                            **tflite_export.tflite_facts(path), "verification": verifications}
     return artifacts
@@ -373,7 +522,7 @@ def _check_training(config: BuildConfig) -> None:
                          "(e.g. mnist:val, digits:val) and keep the test split for --eval")
 
 
-def _training_data(config: BuildConfig, input_shape: tuple[int, ...]) -> tuple[Dataset, Dataset]:
+def _training_data(config: BuildConfig, input_shape: ModelIO) -> tuple[Dataset, Dataset]:
     """The --train/--finetune data's train split, and --val, its val split, or (one file) its last 10%."""
     spec = config.train_data or config.finetune_data
     train = _model_dataset(spec, "train", None, input_shape, "training")
@@ -381,7 +530,7 @@ def _training_data(config: BuildConfig, input_shape: tuple[int, ...]) -> tuple[D
     return hold_out(train) if val is None else (train, _model_dataset(val, "val", None, input_shape, "validation"))
 
 
-def _train_stage(config: BuildConfig, dense: nn.Module, input_shape: tuple[int, ...], progress: bool,
+def _train_stage(config: BuildConfig, dense: nn.Module, input_shape: ModelIO, progress: bool,
                  compressed: nn.Module | None, plan: CompressionPlan | None
                  ) -> tuple[nn.Module, CompressionPlan, dict[str, Any]]:
     """SVD training (--train, instead of truncation) or fine-tuning (--finetune, after it).
@@ -406,6 +555,16 @@ def _train_stage(config: BuildConfig, dense: nn.Module, input_shape: tuple[int, 
                                             {"final": plan.ranks}).to_json()
 
 
+def _check_io_targets(config: BuildConfig, io: ModelIO) -> None:
+    """Refuse, before any work, what the model's inputs cannot do yet."""
+    if not io.single and "tflite" in config.targets:
+        raise InputError(f"--target tflite handles one float input; this model takes {', '.join(io.names)} "
+                         "(use --target onnx)")
+    if not io.single and (config.train_data or config.finetune_data):
+        raise InputError("--finetune/--train handle one-input models with labels; this model takes "
+                         f"{', '.join(io.names)}")
+
+
 def _check_targets(config: BuildConfig) -> None:
     """Fail fast (before any work) on a missing extra, a bad --batch, or an artifact that would overwrite the input."""
     if "tflite" in config.targets:
@@ -417,11 +576,6 @@ def _check_targets(config: BuildConfig) -> None:
     outdir.refuse_input_overwrite(config.out, outdir.check_stem(config.stem), config.model)
 
 
-def _selection(model: nn.Module, config: BuildConfig) -> str | None:
-    """The ``exclude`` pattern of the layers the policy sees (the head too unless --compress-head)."""
-    return exclude_head(model, config.exclude) if config.keep_head else config.exclude
-
-
 def default_calib_samples(model: nn.Module, config: BuildConfig) -> int:
     """--calib-samples, else 1024 or, when larger, the widest selected layer's inputs rounded up to
     256 (data-driven ranks need at least as many input vectors as a layer has inputs)."""
@@ -429,7 +583,7 @@ def default_calib_samples(model: nn.Module, config: BuildConfig) -> int:
         if config.calib_samples < 1:
             raise InputError(f"--calib-samples must be >= 1, got {config.calib_samples}")
         return config.calib_samples
-    widest = max((layer.in_features for layer in linear_layers(model, _selection(model, config)).values()), default=0)
+    widest = max((layer.in_features for layer in linear_layers(model, config.exclude).values()), default=0)
     return max(DEFAULT_CALIB_SAMPLES, 256 * -(-widest // 256))
 
 
@@ -455,56 +609,67 @@ def _build(config: BuildConfig, folder: outdir.OutputFolder, progress: Progress 
     timings = _Timings()
     with timings.stage("load", progress):
         loaded = load_model(config.model, factory=config.factory, allow_pickle=config.allow_pickle)
-        input_shape = resolve_input_shape(loaded, config.input_shape)
+        io = resolve_io(loaded, inputs=config.inputs, input_shape=config.input_shape, seq=config.seq,
+                        quality_output=config.quality_output, seed=config.seed)
+        _check_io_targets(config, io)
         control_flow = validate.control_flow_linears(loaded.module)
-        _reference_outputs(loaded.module, random_inputs(input_shape, config.verify_samples, config.seed),
-                           "random")  # a model that cannot run its verification inputs fails now, not after export
-        eval_data = _eval_dataset(config, input_shape)
+        samples = verify_samples(loaded.module, io, config.verify_samples)
+        random = random_batch(io, samples, config.seed)
+        _reference_outputs(loaded.module, random, io, "random")  # a model that cannot run them fails now, not after export
+        eval_data = _eval_dataset(config, io)
         if eval_data is not None:
-            validate.check_labels(eval_data.y, output_classes(loaded.module, input_shape), eval_data.name, "eval")
+            validate.check_labels(eval_data.y, output_classes(loaded.module, io), eval_data.name, "eval")
         calib = (None if config.calib_data is None
-                 else calibration_data(config.calib_data, default_calib_samples(loaded.module, config), input_shape))
+                 else calibration_data(config.calib_data, default_calib_samples(loaded.module, config), io,
+                                       config.model))
     compressed, plan, ranks_record = None, None, {}
     if config.train_data is None:  # svd-training (--train) finds its ranks by training instead
         with timings.stage("compress", progress):
-            compressed, plan, ranks_record = _compress_stage(config, loaded.module, input_shape, calib, progress)
+            compressed, plan, ranks_record = _compress_stage(config, loaded.module, io, calib, progress)
     if config.train_data is not None or config.finetune_data is not None:
         with timings.stage("train", progress):
-            compressed, plan, ranks_record["training"] = _train_stage(config, loaded.module, input_shape,
+            compressed, plan, ranks_record["training"] = _train_stage(config, loaded.module, io,
                                                                       progress is not None, compressed, plan)
-    checks = [(random_inputs(input_shape, config.verify_samples, config.seed), "random")]
-    if eval_data is not None:
-        checks.append((eval_data.x, "eval"))
+    with timings.stage("reference", progress):
+        sets = [(random, "random")] + ([] if eval_data is None else [(eval_data.x, "eval")])
+        checks = _checks(sets, {"dense": loaded.module, "compressed": compressed}, io)
+        agreements = agreement(checks, io)
+    if progress is not None:
+        for line in agreements:
+            progress(f"compressed vs dense on {line['samples']} {line['inputs']} inputs: {quality.describe(line)}")
     stem = config.stem
     artifacts: dict[str, Any] = {}
     with folder.staging() as staging:
         onnx_roles = (("dense", loaded.module, f"{stem}.dense.onnx", None), ("compressed", compressed, f"{stem}.onnx", plan))
         for role, model, filename, model_plan in onnx_roles if "onnx" in config.targets else ():
-            artifacts[role] = _export_verified(model, role, staging / filename, config, input_shape,
+            artifacts[role] = _export_verified(model, role, staging / filename, config, io,
                                                model_plan, checks, timings, progress)
         if config.quantize == "int8" and "onnx" in config.targets:
             artifacts["int8"] = _int8_onnx(compressed, plan, config, None if calib is None else calib.x, staging,
-                                           checks, timings, progress)
+                                           checks, io, timings, progress)
         if "tflite" in config.targets:
-            artifacts.update(_tflite_artifacts(loaded.module, compressed, plan, config, input_shape, staging, checks,
+            artifacts.update(_tflite_artifacts(loaded.module, compressed, plan, config, io, staging, checks,
                                                timings, progress))
         if eval_data is not None:
             with timings.stage("eval", progress):
                 for role in artifacts:
-                    artifacts[role]["eval"] = evaluate_runner(_runner(staging / artifacts[role]["path"]), eval_data)
+                    artifacts[role]["eval"] = evaluate_runner(_runner(staging / artifacts[role]["path"], io), eval_data)
         record = {
             "schema": "edgecompress.build/1",
             "name": stem,
             "provenance": provenance.collect(),
             "input": {"path": str(config.model), "sha256": loaded.sha256, "format": loaded.format,
-                      "input_shape": list(input_shape)},
+                      "input_shape": list(io.input_shape), **io.to_json()},
             **plan.to_json(),
+            "dense_weights": coverage.other_weights(loaded.module),
             **ranks_record,
+            "agreement": agreements,
             "options": {"targets": list(config.targets), "opset": config.opset, "exclude": config.exclude,
                         "keep_head": config.keep_head,
                         "simplify": config.simplify, "seed": config.seed, "quantize": config.quantize,
                         "svd": config.svd, "threads": config.threads,
-                        "tflite_batch": config.batch if "tflite" in config.targets else None},
+                        "tflite_batch": config.batch if "tflite" in config.targets else None,
+                        "verify_samples": samples, "quality_output": io.quality_output},
             "artifacts": artifacts,
             "timings_s": dict(timings),
         }

@@ -26,7 +26,7 @@ import numpy as np
 from edgecompress.bench import metrics
 from edgecompress.bench.backends import BACKENDS, Backend, ModelInfo, OnnxBackend, backend_for
 from edgecompress.bench.inputs import (BATCH, RANDOM_SAMPLES, InputPlan, check_batches, fit_data,
-                                       parse_input_shape, plan_inputs, random_inputs, take_batch)
+                                       parse_input_shape, plan_inputs, random_inputs, take_batch, with_seq)
 from edgecompress.bench.runner import Timing, interleave, probe, time_ms
 from edgecompress.errors import InputError
 
@@ -45,7 +45,7 @@ __all__ = ["run_benchmark", "write_json", "write_markdown", "write_html", "to_js
 def run_benchmark(paths: Sequence[str | os.PathLike[str]], *, data: Any = None, batches: Sequence[int] = (1,),
                   threads: int = 1, runs: int | None = None, seconds: float | None = None,
                   warmup: int = DEFAULT_WARMUP, seed: int = 0,
-                  input_shapes: Mapping[str | None, Sequence[int | str]] | None = None,
+                  input_shapes: Mapping[str | None, Sequence[int | str]] | None = None, seq: int | None = None,
                   limit: int | None = None, memory: bool = True, progress: bool = True) -> dict[str, Any]:
     """Benchmark models against the first one and return a bench.json dict.
 
@@ -62,6 +62,7 @@ def run_benchmark(paths: Sequence[str | os.PathLike[str]], *, data: Any = None, 
         seed: seed of the random inputs.
         input_shapes: input name (None for the only input) -> shape with ``"N"`` for the batch
             dimension, for dynamic dimensions the data does not fix.
+        seq: length of every input's dynamic "seq" dimension (token models built by edgecompress).
         limit: evaluate accuracy/agreement on the first ``limit`` samples only.
         memory: measure peak memory and cold start in a fresh process per model and batch.
         progress: show a progress bar when stderr is a terminal.
@@ -79,7 +80,7 @@ def run_benchmark(paths: Sequence[str | os.PathLike[str]], *, data: Any = None, 
     infos = [b.inspect() for b in backends]
     names = _unique_names([b.path for b in backends])
     dataset = _load_data(data, limit)
-    plans = plan_inputs(infos, overrides=input_shapes,
+    plans = plan_inputs(infos, overrides=with_seq(infos, input_shapes, seq),
                         data_sample_shape=None if dataset is None else tuple(dataset.x.shape[1:]))
     check_batches(plans, batches)
     if dataset is not None:

@@ -57,6 +57,27 @@ def parse_input_shape(text: str) -> tuple[str | None, tuple[int | str, ...]]:
     return (name or None), tuple(dims)
 
 
+SEQ_AXIS = "seq"
+
+
+def with_seq(infos: Sequence[ModelInfo], overrides: Mapping[str | None, Sequence[int | str]] | None,
+             seq: int | None) -> dict[str | None, tuple[int | str, ...]] | None:
+    """``overrides`` plus, for ``--seq``, every input whose dynamic dimension is named "seq" (as build
+    writes it) at that length; InputError when no input has one."""
+    if seq is None:
+        return dict(overrides) if overrides else None
+    if seq < 1:
+        raise InputError(f"--seq must be at least 1, got {seq}")
+    result: dict[str | None, tuple[int | str, ...]] = dict(overrides or {})
+    for spec, _ in merged_inputs(infos):
+        if SEQ_AXIS in spec.shape and spec.name not in result:
+            result[spec.name] = tuple(BATCH if i == 0 else seq if d == SEQ_AXIS else d
+                                      for i, d in enumerate(spec.shape))
+    if not any(SEQ_AXIS in spec.shape for spec, _ in merged_inputs(infos)):
+        raise InputError("--seq needs a model input with a dynamic 'seq' dimension (edgecompress build names it so)")
+    return result
+
+
 def _fmt_spec(spec: TensorSpec) -> str:
     return spec.describe()
 

@@ -63,6 +63,7 @@ Examples:
   edgecompress bench build/model.dense.onnx build/model.onnx --data test.npz --batch 1,32
   edgecompress bench dense.onnx small.onnx --threads 4 --seconds 10 --json bench.json --html report.html
   edgecompress bench model.onnx --input-shape tokens:Nx128 --runs 500 --json - > bench.json
+  edgecompress bench build/minilm.dense.onnx build/minilm.onnx --seq 128 --threads 1
 """
 
 
@@ -85,6 +86,8 @@ Examples:
               help="Shape for dynamic dims, N = batch: 'x:Nx3x224x224'. Repeat per input.")
 @click.option("--limit", type=click.IntRange(min=1), default=None,
               help="Evaluate accuracy on the first N samples only.")
+@click.option("--seq", type=int, default=None,
+              help="Length of every dynamic 'seq' input dimension (token models from edgecompress build), e.g. 128.")
 @click.option("--memory/--no-memory", default=True, show_default=True,
               help="Measure peak memory and cold start in a fresh process per model and batch.")
 @click.option("--json", "json_out", metavar="FILE", help="Write bench.json ('-': stdout).")
@@ -92,8 +95,8 @@ Examples:
 @click.option("--html", "html_out", metavar="FILE", help="Write a self-contained HTML report with plots.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors (no tables, progress or 'wrote' lines).")
 def bench(models: tuple[str, ...], data: str | None, batch: str, threads: int, runs: int | None,
-          seconds: float | None, warmup: int, seed: int, input_shapes: tuple[str, ...], limit: int | None,
-          memory: bool, json_out: str | None, md_out: str | None, html_out: str | None, quiet: bool) -> None:
+          seconds: float | None, warmup: int, seed: int, input_shapes: tuple[str, ...], seq: int | None,
+          limit: int | None, memory: bool, json_out: str | None, md_out: str | None, html_out: str | None, quiet: bool) -> None:
     from edgecompress.bench import parse_input_shape, run_benchmark
 
     batches = _parse_batches(batch)
@@ -107,7 +110,7 @@ def bench(models: tuple[str, ...], data: str | None, batch: str, threads: int, r
     _check_outputs(outputs, [Path(m) for m in models])
     result = run_benchmark(list(models), data=data, batches=batches, threads=threads, runs=runs,
                            seconds=seconds, warmup=warmup, seed=seed, input_shapes=shapes or None,
-                           limit=limit, memory=memory, progress=not quiet)
+                           seq=seq, limit=limit, memory=memory, progress=not quiet)
     to_stdout = _write_all(result, outputs, quiet)
     if not quiet:  # --quiet: nothing but errors
         from edgecompress.cli.console import console, stdout

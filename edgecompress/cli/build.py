@@ -66,7 +66,8 @@ def parse_size(text: str | None) -> int | None:
 DATA_SYNTAX = ("DATA is an .npz (x, y), an MNIST-style IDX folder, 'digits' or 'fashion-mnist'; add "
                ":train, :val or :test to pick a split, e.g. digits:train, ../mnist:val.")
 HELP_GROUPS = (
-    ("Model and inputs", "", ("--input-shape", "--factory", "--allow-pickle", "--exclude", "--compress-head")),
+    ("Model and inputs", "", ("--input-shape", "--input", "--seq", "--quality-output", "--factory", "--allow-pickle",
+                              "--exclude", "--compress-head")),
     ("Rank policy", "", ("--policy", "--energy", "--rank", "--entropy-scale", "--max-error", "--no-refit",
                          "--round-to", "--svd", "--threads")),
     ("Data", DATA_SYNTAX, ("--eval", "--eval-samples", "--calib", "--calib-samples")),
@@ -88,6 +89,13 @@ HELP_GROUPS = (
 @click.option("--out", "-o", type=click.Path(path_type=Path), default=Path("build"), help="Output folder.")
 @click.option("--name", default=None, help="Artifact stem (default: the model file's stem).")
 @click.option("--input-shape", default=None, help="Input shape, e.g. 1x784 (inferred when the first layer is a Linear).")
+@click.option("--input", "input_texts", multiple=True,
+              help="A named input NAME:SHAPE[:DTYPE[:<HIGH]], repeatable, in forward-argument order; dims are SIZE or "
+                   "NAME=SIZE (dynamic, SIZE for tracing), e.g. input_ids:batch=1,seq=128:int64 (ids < the first "
+                   "Embedding's rows unless :<HIGH), attention_mask:batch=1,seq=128:int64 (a *mask gets 0/1 prefixes).")
+@click.option("--seq", type=int, default=None, help="Tracing/verification size of every 'seq' axis (e.g. 128).")
+@click.option("--quality-output", default=None,
+              help="Output that compressed-vs-dense quality is judged on (default: an *embedding* output, else the first).")
 @click.option("--factory", default=None, help="'module:function' or 'file.py:function' building the architecture for a state_dict.")
 @click.option("--allow-pickle", is_flag=True, help="Allow loading a fully pickled module or a .pt2 with pickled members (runs arbitrary "
                    "code: trusted files only).")
@@ -159,7 +167,8 @@ HELP_GROUPS = (
               help="auto: a seeded randomized SVD where the rank is well below a large layer's full rank "
                    "(min(in, out) > 1024), exact float64 elsewhere; exact: always exact (slow on large layers).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress, no tables.")
-def build(model: Path, target_text: str, out: Path, name: str | None, input_shape: str | None, factory: str | None,
+def build(model: Path, target_text: str, out: Path, name: str | None, input_shape: str | None,
+          input_texts: tuple[str, ...], seq: int | None, quality_output: str | None, factory: str | None,
           allow_pickle: bool, policy: str, threshold: float, rank: int, scale: float, max_error: float, no_refit: bool,
           exclude: str | None, compress_head: bool, opset: int, no_simplify: bool, eval_data: str | None, eval_samples: int | None,
           verify_samples: int, atol: float, rtol: float, calib_data: str | None, calib_samples: int | None, build_threads: int, svd_mode: str,
@@ -169,8 +178,9 @@ def build(model: Path, target_text: str, out: Path, name: str | None, input_shap
           json_out: str | None, run_bench: bool, quiet: bool, **training_flags: float | int | str | None) -> None:
     """Compress MODEL's Linear layers and export dense + compressed ONNX, verified.
 
-    MODEL is a torch.export program (.pt2), a state_dict (.pt, with --factory), or a pickled
-    module (.pt, with --allow-pickle). Writes <name>.onnx, <name>.dense.onnx and build.json
+    MODEL is a torch.export program (.pt2), a state_dict (.pt or .safetensors, with --factory), a
+    local Hugging Face model folder (config.json + weights; sentence-transformers pooling when it has
+    modules.json), or a pickled module (.pt, with --allow-pickle). Writes <name>.onnx, <name>.dense.onnx and build.json
     (--target tflite: <name>.tflite, <name>.dense.tflite; --quantize int8: <name>.int8.onnx/.tflite).
 
     \b
@@ -178,6 +188,8 @@ def build(model: Path, target_text: str, out: Path, name: str | None, input_shap
       edgecompress build model.pt2 --target onnx --out build/
       edgecompress build model.pt2 --policy uniform --rank 32 --eval ../shared/datasets/mnist
       edgecompress build weights.pt --factory mymodels:make_mlp --input-shape 1x784
+      edgecompress build path/to/all-MiniLM-L6-v2/ --policy energy --seq 128
+      edgecompress build bert.pt --factory m:make --input input_ids:batch=1,seq=64:int64 --input mask:batch=1,seq=64:int64
       edgecompress build model.pt2 --policy data --calib train.npz --max-error 0.05
       edgecompress build model.pt2 --policy data --calib mnist:train --max-accuracy-drop 0.5 --eval-split mnist:val
       edgecompress build model.pt2 --target onnx,tflite --quantize int8 --calib ../shared/datasets/mnist:val
@@ -185,6 +197,7 @@ def build(model: Path, target_text: str, out: Path, name: str | None, input_shap
     precheck(model, out)  # before torch loads (tens of seconds on a busy machine)
     from edgecompress.export.verify import Tolerance
     from edgecompress.load import parse_shape
+    from edgecompress.spec import parse_input
     from edgecompress.lowrank.policies import make_policy
     from edgecompress.pipeline import BuildConfig, build as run_build
 
@@ -192,6 +205,7 @@ def build(model: Path, target_text: str, out: Path, name: str | None, input_shap
     config = BuildConfig(
         model=model, out=out, name=name, targets=parse_targets(target_text),
         input_shape=parse_shape(input_shape) if input_shape else None, factory=factory, allow_pickle=allow_pickle,
+        inputs=tuple(parse_input(text) for text in input_texts), seq=seq, quality_output=quality_output,
         policy=make_policy(policy, rank=rank, threshold=threshold, scale=scale, max_error=max_error, refit=not no_refit,
                            **svd_options),
         exclude=exclude, keep_head=not compress_head, opset=opset, simplify=not no_simplify, eval_data=eval_data, eval_samples=eval_samples,
@@ -231,7 +245,9 @@ def bench_build(record: dict, out: Path, eval_data: str | None, quiet: bool) -> 
     roles = [reference] + [role for role in artifacts if role != reference]
     paths = [str(out / artifacts[role]["path"]) for role in roles]
     batch = record["options"].get("tflite_batch") or 1
-    result = run_benchmark(paths, data=eval_data, batches=(batch,), threads=1, progress=not quiet)
+    seqs = [spec["shape"][spec["axes"].index("seq")] for spec in record["input"].get("inputs", []) if "seq" in spec["axes"]]
+    result = run_benchmark(paths, data=None if seqs else eval_data, batches=(batch,), threads=1,
+                           seq=seqs[0] if seqs else None, progress=not quiet)
     write_json(result, out / "bench.json")
     if not quiet:
         print_report(result, stdout)

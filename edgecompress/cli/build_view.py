@@ -54,10 +54,24 @@ def verification_lines(record: dict[str, Any]) -> list[str]:
         for check in artifact.get("verification", []):
             agreement = check.get("top1_agreement")
             agreement_text = "n/a" if agreement is None else f"{agreement:.2%}"
-            lines.append(f"{'✓' if check['passed'] else '✗'} {check['artifact']}: max abs err "
+            where = f" [{check['output']}]" if check.get("output") else ""
+            lines.append(f"{'✓' if check['passed'] else '✗'} {check['artifact']}{where}: max abs err "
                          f"{check['max_abs_error']:.2e}, top-1 agreement {agreement_text} "
                          f"({check['samples']} {check['inputs']} inputs)")
     return lines
+
+
+def agreement_lines(record: dict[str, Any]) -> list[str]:
+    """Compressed vs dense torch outputs: what compression did (verification only proves the export)."""
+    from edgecompress.quality import describe
+
+    return [f"compressed vs dense [{line['output']}] on {line['samples']} {line['inputs']} inputs: {describe(line)}"
+            for line in record.get("agreement", [])]
+
+
+def dense_weight_notes(record: dict[str, Any]) -> list[str]:
+    """Weights outside any Linear that stayed dense (attention in-projections, recurrent weights)."""
+    return [f"left dense: {note['name']} — {note['reason']}" for note in record.get("dense_weights", [])]
 
 
 def artifact_notes(record: dict[str, Any]) -> list[str]:
@@ -134,7 +148,9 @@ def print_build(record: dict[str, Any]) -> None:
     for line in training_lines(record):
         stdout.print(line, highlight=False)
     for line in verification_lines(record):
-        stdout.print(line)
+        stdout.print(line, markup=False)  # "[output_name]" is not rich markup
+    for line in agreement_lines(record) + dense_weight_notes(record):
+        stdout.print(line, highlight=False, markup=False)
     stdout.print(artifact_table(record))
     for note in artifact_notes(record):
         stdout.print(f"note: {note}")

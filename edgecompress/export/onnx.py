@@ -4,11 +4,12 @@ refold guard that proves each factor pair survived as two matmuls."""
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
 import re
 from collections import Counter
 import warnings
+from io import StringIO
+from dataclasses import replace
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -19,11 +20,10 @@ from torch import nn
 from edgecompress import onnxinfo
 from edgecompress.errors import ExportError, RefoldError
 from edgecompress.lowrank.factorize import CompressionPlan
+from edgecompress.spec import INPUT_NAME, OUTPUT_NAME, ModelIO, NamedOutputs  # noqa: F401 (INPUT_NAME re-exported)
 
 DEFAULT_OPSET = 18
 EXTERNAL_DATA_THRESHOLD = 2 * 1024 ** 3  # protobuf's 2 GiB limit
-INPUT_NAME = "input"
-OUTPUT_NAME = "output"
 
 
 @contextlib.contextmanager
@@ -34,7 +34,7 @@ def _quiet_exporter() -> Iterator[None]:
     for logger in loggers:
         logger.setLevel(logging.ERROR)
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        with warnings.catch_warnings(), contextlib.redirect_stdout(StringIO()):
             warnings.simplefilter("ignore")
             yield
     finally:
@@ -47,23 +47,48 @@ def parameter_bytes(model: nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
 
 
-def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: Path, *,
+def dynamic_shapes(io: ModelIO) -> tuple[dict[int, torch.export.Dim], ...]:
+    """torch.export dynamic shapes per input; axes with the same name share one ``Dim`` (e.g. "batch", "seq")."""
+    dims: dict[str, torch.export.Dim] = {}
+    specs = []
+    for spec in io.inputs:
+        entry = {}
+        for index, axis in enumerate(spec.axes):
+            if axis is not None:
+                dims.setdefault(axis, torch.export.Dim(axis, min=1))
+                entry[index] = dims[axis]
+        specs.append(entry)
+    return tuple(specs)
+
+
+def export_onnx(model: nn.Module, io: ModelIO | tuple[int, ...], path: Path, *,
                 opset: int = DEFAULT_OPSET, dynamic_batch: bool = True) -> Path:
     """Export ``model`` to ``path`` with torch's dynamo exporter.
 
-    The batch axis is dynamic, weights are stored inside the file unless they exceed 2 GiB,
-    and the graph passes ``onnx.checker``. Raises :class:`ExportError` with the exporter's reason.
+    ``io`` names the inputs and outputs and says which axes are dynamic (a shape tuple means one
+    float input "input" with a dynamic batch). A dynamic batch is traced at size >= 2 so torch cannot
+    specialise it to 1. Weights are stored inside the file unless they exceed 2 GiB, and the graph
+    passes ``onnx.checker``. Raises :class:`ExportError` with the exporter's reason.
     """
     if opset < 18:
         raise ExportError(f"opset {opset} is not supported by torch's ONNX exporter; use --opset 18 or higher")
-    example = (torch.zeros(input_shape),)
-    dynamic_shapes = ({0: torch.export.Dim("batch", min=1)},) if dynamic_batch and input_shape[0] >= 1 else None
+    if not isinstance(io, ModelIO):
+        io = ModelIO.single_float(tuple(io))
+    if not dynamic_batch:
+        io = replace(io, inputs=tuple(replace(s, axes=(None,) * len(s.axes)) for s in io.inputs))
+    outputs = list(io.outputs) or [OUTPUT_NAME]
+    wrapped = model if outputs == [OUTPUT_NAME] else NamedOutputs(model)
+    shapes = dynamic_shapes(io)
+    if not any(shapes):
+        shapes = None
+    elif wrapped is not model:
+        shapes = (shapes,)  # NamedOutputs.forward(*args): one varargs entry
     external = parameter_bytes(model) > EXTERNAL_DATA_THRESHOLD  # one self-contained file when it fits
     try:
         with _quiet_exporter():
-            program = torch.onnx.export(model, example, None, dynamo=True, opset_version=opset,
-                                        input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                                        dynamic_shapes=dynamic_shapes, external_data=external,
+            program = torch.onnx.export(wrapped, io.example(), None, dynamo=True, opset_version=opset,
+                                        input_names=io.names, output_names=outputs,
+                                        dynamic_shapes=shapes, external_data=external,
                                         verbose=False, report=False)
             program.save(str(path), external_data=external)
     except Exception as exc:  # the exporter raises a zoo of types; all mean "cannot export this model"
@@ -140,12 +165,14 @@ def initializer_shapes(model: onnx.ModelProto) -> list[tuple[int, ...]]:
     return shapes
 
 
-def check_factors_kept(model: onnx.ModelProto | Path, plan: CompressionPlan, *, where: str) -> None:
+def check_factors_kept(model: onnx.ModelProto | Path, plan: CompressionPlan, *, where: str,
+                       other: Iterable[tuple[int, ...]] = ()) -> None:
     """The refold guard on an ONNX graph or file (see :func:`check_weight_shapes`); a file is read
-    without its external data (the guard needs shapes only)."""
+    without its external data (the guard needs shapes only). ``other``: the model's 2-D weights outside
+    Linear layers (embedding tables ...), which may share a Linear's shape."""
     if isinstance(model, Path):
         model = onnxinfo.load_model(model)
-    check_weight_shapes(initializer_shapes(model), plan, where=where)
+    check_weight_shapes(initializer_shapes(model), plan, where=where, other=other)
 
 
 def _matrix_key(shape: Iterable[int]) -> tuple[int, ...]:
@@ -164,7 +191,8 @@ def plan_weight_shapes(plan: CompressionPlan) -> list[tuple[int, int]]:
     return shapes
 
 
-def check_weight_shapes(shapes: Iterable[tuple[int, ...]], plan: CompressionPlan, *, where: str) -> None:
+def check_weight_shapes(shapes: Iterable[tuple[int, ...]], plan: CompressionPlan, *, where: str,
+                        other: Iterable[tuple[int, ...]] = ()) -> None:
     """Raise :class:`RefoldError` if an exported file holds more in x out matrices than the
     compressed model has (a factor pair was multiplied back), or lacks a layer's two factors.
 
@@ -174,7 +202,7 @@ def check_weight_shapes(shapes: Iterable[tuple[int, ...]], plan: CompressionPlan
     layer's dense weight from being a false alarm.
     """
     present = Counter(_matrix_key(s) for s in shapes if len(s) == 2)
-    allowed = Counter(_matrix_key(s) for s in plan_weight_shapes(plan))
+    allowed = Counter(_matrix_key(s) for s in [*plan_weight_shapes(plan), *other])
     for layer in plan.layers:
         if layer.rank is None:
             continue

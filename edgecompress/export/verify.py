@@ -1,14 +1,15 @@
 """Verification: an exported model must compute what the torch model computes.
 
-Runs onnxruntime (or any runner returning numpy) and torch on the same inputs and records max
-abs/rel error and top-1 agreement; past tolerance it raises :class:`VerificationError`.
+Runs onnxruntime (or any runner returning numpy) and torch on the same inputs and records, per
+named output, max abs/rel error and top-1 agreement; past tolerance it raises
+:class:`VerificationError`. Inputs are an array (one-input models) or named arrays (``spec.Inputs``).
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 import numpy as np
 import torch
@@ -16,8 +17,11 @@ from torch import nn
 
 from edgecompress.errors import VerificationError
 from edgecompress.bench.metrics import is_classifier_output, max_abs_diff, top1_agreement
+from edgecompress.spec import Batch, ModelIO, num_samples, outputs_of, slice_inputs
 
-Runner = Callable[[np.ndarray], np.ndarray]
+Runner = Callable[[Batch], "np.ndarray | dict[str, np.ndarray]"]
+FLOP_BUDGET = 2e10  # verification work per artifact (torch forward FLOPs over all samples)
+MIN_VERIFY_SAMPLES = 8
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,7 @@ class Verification:
     samples: int
     inputs: str
     tolerance: dict[str, float]
+    output: str | None = None  # the output's name when the model has several
 
     def to_json(self) -> dict[str, object]:
         return asdict(self)
@@ -49,33 +54,45 @@ class Verification:
         """One ✓/✗ line for the terminal."""
         mark = "✓" if self.passed else "✗"
         agreement = "n/a" if self.top1_agreement is None else f"{self.top1_agreement:.2%}"
-        return (f"{mark} {self.artifact}: max abs err {self.max_abs_error:.2e}, rel {self.max_rel_error:.2e}, "
+        where = f" [{self.output}]" if self.output else ""
+        return (f"{mark} {self.artifact}{where}: max abs err {self.max_abs_error:.2e}, rel {self.max_rel_error:.2e}, "
                 f"top-1 agreement {agreement} on {self.samples} {self.inputs} inputs")
 
 
-def torch_outputs(model: nn.Module, inputs: np.ndarray, batch_size: int = 1024) -> np.ndarray:
-    """Run a torch model on numpy inputs in batches."""
-    chunks = []
-    with torch.no_grad():
-        for start in range(0, len(inputs), batch_size):
-            chunks.append(model(torch.from_numpy(np.ascontiguousarray(inputs[start:start + batch_size]))).numpy())
-    return np.concatenate(chunks) if chunks else np.zeros((0,), np.float32)
+def torch_outputs(model: nn.Module, inputs: Batch, batch_size: int = 1024, io: ModelIO | None = None) -> np.ndarray:
+    """Run a torch model on numpy inputs in batches; its (first) output."""
+    io = io or ModelIO.single_float((1, *inputs.shape[1:])) if isinstance(inputs, np.ndarray) else io
+    if io is None:
+        raise ValueError("named inputs need the model's ModelIO")
+    if num_samples(inputs) == 0:
+        return np.zeros((0,), np.float32)
+    return next(iter(outputs_of(model, inputs, io, batch_size).values()))
 
 
-def ort_runner(path: Path, threads: int = 0) -> Runner:
-    """A batched onnxruntime runner for a single-input, single-output model."""
+def ort_runner(path: Path, threads: int = 0, *, named: bool = False, static_batch: int | None = None) -> Runner:
+    """A batched onnxruntime runner: the first output (default) or every output by name (``named``).
+
+    Takes an array (fed to the first input) or named arrays; ``static_batch`` runs in chunks of exactly that size.
+    """
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.log_severity_level = 3
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    input_name = session.get_inputs()[0].name
+    input_names = [i.name for i in session.get_inputs()]
+    output_names = [o.name for o in session.get_outputs()]
 
-    def run(inputs: np.ndarray, batch_size: int = 1024) -> np.ndarray:
-        outs = [session.run(None, {input_name: np.ascontiguousarray(inputs[i:i + batch_size])})[0]
-                for i in range(0, len(inputs), batch_size)]
-        return np.concatenate(outs) if outs else np.zeros((0,), np.float32)
+    def run(inputs: Batch, batch_size: int = 1024) -> np.ndarray | dict[str, np.ndarray]:
+        feeds = inputs if isinstance(inputs, Mapping) else {input_names[0]: inputs}
+        step = static_batch or batch_size
+        parts: list[list[np.ndarray]] = [[] for _ in output_names]
+        for start in range(0, num_samples(feeds), step):
+            chunk = slice_inputs(feeds, start, start + step)
+            for part, value in zip(parts, session.run(None, {n: np.ascontiguousarray(chunk[n]) for n in input_names})):
+                part.append(value)
+        outs = {n: np.concatenate(p) if p else np.zeros((0,), np.float32) for n, p in zip(output_names, parts)}
+        return outs if named else outs[output_names[0]]
 
     return run
 
@@ -85,20 +102,66 @@ def random_inputs(input_shape: tuple[int, ...], samples: int = 256, seed: int = 
     return np.random.default_rng(seed).standard_normal((samples, *input_shape[1:])).astype(np.float32)
 
 
+def forward_flops(model: nn.Module, io: ModelIO) -> float:
+    """FLOPs of one forward pass per sample (torch's FlopCounterMode on the tracing inputs; 0 if it cannot count)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    example = io.example()
+    counter = FlopCounterMode(display=False)
+    try:
+        with torch.no_grad(), counter:
+            model(*example)
+    except Exception:  # counting is advisory; the build's own forward passes report real failures
+        return 0.0
+    return counter.get_total_flops() / max(int(example[0].shape[0]), 1)
+
+
+def verify_samples(model: nn.Module, io: ModelIO, cap: int) -> int:
+    """Samples for verification sized by work: ``FLOP_BUDGET`` of forward FLOPs, between 8 and ``cap``
+    (a multiple of a static batch)."""
+    flops = forward_flops(model, io)
+    samples = cap if flops <= 0 else int(min(cap, max(MIN_VERIFY_SAMPLES, FLOP_BUDGET // flops)))
+    batch = io.static_batch
+    if batch:
+        samples = max(batch, samples - samples % batch)
+    return samples
+
+
+def verify_outputs(artifact: str, runner: Runner, reference: dict[str, np.ndarray], inputs: Batch,
+                   description: str, tolerance: Tolerance = Tolerance(),
+                   kinds: Mapping[str, str] | None = None) -> list[Verification]:
+    """Verify each named output of ``runner(inputs)`` against torch's; raise at the first past tolerance."""
+    outputs = runner(inputs)
+    if not isinstance(outputs, Mapping):
+        outputs = {next(iter(reference)): outputs}
+    missing = [name for name in reference if name not in outputs]
+    if missing or len(outputs) != len(reference):
+        raise VerificationError(f"{artifact}: outputs {sorted(outputs)} differ from torch's {sorted(reference)}")
+    named = len(reference) > 1 or next(iter(reference)) != "output"
+    return [_compare(artifact, outputs[name], ref, num_samples(inputs), description, tolerance,
+                     name if named else None, (kinds or {}).get(name)) for name, ref in reference.items()]
+
+
 def verify(artifact: str, runner: Runner, reference: np.ndarray, inputs: np.ndarray, description: str,
            tolerance: Tolerance = Tolerance()) -> Verification:
     """Compare ``runner(inputs)`` with ``reference`` outputs; raise when past tolerance."""
-    outputs = runner(inputs)
+    return _compare(artifact, runner(inputs), reference, num_samples(inputs), description, tolerance)
+
+
+def _compare(artifact: str, outputs: np.ndarray, reference: np.ndarray, samples: int, description: str,
+             tolerance: Tolerance, output: str | None = None, kind: str | None = None) -> Verification:
     if outputs.shape != reference.shape:
         raise VerificationError(f"{artifact}: output shape {outputs.shape} differs from torch's {reference.shape}")
     scale = float(np.max(np.abs(reference))) if reference.size else 0.0
     abs_err = max_abs_diff(outputs, reference)
     rel_err = abs_err / scale if scale > 0 else 0.0
-    agreement = top1_agreement(outputs, reference) if is_classifier_output(reference) else None
+    classes = kind == "logits" if kind is not None else is_classifier_output(reference)
+    agreement = top1_agreement(outputs, reference) if classes else None
     bound = tolerance.atol + tolerance.rtol * scale
     passed = bool(np.isfinite(outputs).all() and abs_err <= bound
                   and (agreement is None or agreement >= tolerance.min_agreement))
-    result = Verification(artifact, passed, abs_err, rel_err, agreement, len(inputs), description, asdict(tolerance))
+    result = Verification(artifact, passed, abs_err, rel_err, agreement, samples, description, asdict(tolerance),
+                          output)
     if not passed:
         raise VerificationError(result.line() + f" — exceeds tolerance (max abs err bound {bound:.2e}, "
                                 f"min agreement {tolerance.min_agreement:.1%})")

@@ -177,6 +177,9 @@ def apply_ranks(model: nn.Module, spectra: dict[str, LayerSpectrum], ranks: dict
             bias = originals[plan.name].bias
             pair = LowRankLinear.from_factors(*source.factors(plan.rank), None if bias is None else bias.detach())
             new_model = replace_submodule(new_model, plan.name, pair)
+    from edgecompress.coverage import keep_eager_paths  # (coverage imports lowrank.spectrum)
+
+    keep_eager_paths(new_model)
     if hasattr(new_model, "recompile"):
         new_model.recompile()  # fx GraphModules re-generate code after sub-module swaps
     return new_model, CompressionPlan(policy, tuple(plans))

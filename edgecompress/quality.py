@@ -1,0 +1,52 @@
+"""How close a compressed model's outputs are to the dense model's, by the kind of output:
+top-1 agreement for class logits, cosine similarity (mean, 5th percentile) for embeddings,
+relative error for anything else. Numpy only."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+KINDS = ("logits", "embedding", "values")
+
+
+def output_kind(name: str, array: np.ndarray) -> str:
+    """"embedding" for outputs named like one (or hidden states), "logits" for (batch, classes) floats or
+    per-token class scores named logits, else "values"."""
+    lowered = name.lower()
+    if "embedding" in lowered or "hidden_state" in lowered:
+        return "embedding"
+    if array.ndim == 2 and array.shape[1] > 1 or "logits" in lowered and array.ndim >= 2 and array.shape[-1] > 1:
+        return "logits"
+    return "values"
+
+
+def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Cosine similarity of matching rows (trailing dimension = the vector)."""
+    a = np.asarray(a, np.float64).reshape(-1, a.shape[-1])
+    b = np.asarray(b, np.float64).reshape(-1, b.shape[-1])
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    return np.divide((a * b).sum(1), norms, out=np.ones(len(a)), where=norms > 0)
+
+
+def agreement(dense: np.ndarray, compressed: np.ndarray, kind: str) -> dict[str, Any]:
+    """The quality measure of ``kind``, comparing compressed outputs with the dense model's."""
+    if kind == "logits":
+        same = dense.argmax(-1) == compressed.argmax(-1)
+        return {"measure": "top1_agreement", "top1_agreement": float(same.mean())}
+    if kind == "embedding":
+        cos = cosine_rows(dense, compressed)
+        return {"measure": "cosine", "cosine_mean": float(cos.mean()), "cosine_p5": float(np.percentile(cos, 5))}
+    scale = float(np.linalg.norm(dense))
+    error = float(np.linalg.norm(dense.astype(np.float64) - compressed)) / scale if scale > 0 else 0.0
+    return {"measure": "relative_error", "relative_error": error}
+
+
+def describe(result: dict[str, Any]) -> str:
+    """One short phrase: "top-1 agreement 97.3%", "cosine mean 0.981 (p5 0.962)", "relative error 0.042"."""
+    if result["measure"] == "top1_agreement":
+        return f"top-1 agreement {result['top1_agreement']:.1%}"
+    if result["measure"] == "cosine":
+        return f"cosine mean {result['cosine_mean']:.4f} (p5 {result['cosine_p5']:.4f})"
+    return f"relative error {result['relative_error']:.4f}"

