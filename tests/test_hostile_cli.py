@@ -85,7 +85,7 @@ def _nan(n: int = 16) -> np.ndarray:
 BUILD_CASES = [
     # the model file
     Case("model-missing", lambda e: ["build", str(e.tmp / "nope.pt2"), "--out", str(e.out)], "not found"),
-    Case("model-is-folder", lambda e: ["build", str(e.tmp), "--out", str(e.out)], "not a file"),
+    Case("model-is-folder", lambda e: ["build", str(e.tmp), "--out", str(e.out)], "a folder without config.json"),
     Case("pt2-empty", lambda e: ["build", e.file("e.pt2", b""), "--out", str(e.out)], "not a readable"),
     Case("pt2-random", lambda e: ["build", e.file("r.pt2", bytes(range(256)) * 8), "--out", str(e.out)],
          "not a readable"),
