@@ -90,6 +90,19 @@ def test_masked_calibration_ignores_padded_positions() -> None:
     assert with_padding.samples == 10
 
 
+def test_calibration_takes_all_samples_as_one_dict_of_arrays() -> None:
+    """The pipeline's form (one dict of numpy arrays, cut into batches) gives the statistics of the
+    same samples given batch by batch."""
+    model = make_encoder()
+    batches = token_batches(3, 4, seed=5)
+    arrays = {k: torch.cat([b[k] for b in batches]).numpy() for k in batches[0]}
+    whole = calibrate(model, arrays, ["blocks.0.up"], batch_size=5)
+    given = calibrate(model, batches, ["blocks.0.up"])
+    assert whole.samples == given.samples == 12
+    assert whole.layers["blocks.0.up"].count == given.layers["blocks.0.up"].count
+    torch.testing.assert_close(whole.layers["blocks.0.up"].gram, given.layers["blocks.0.up"].gram, rtol=1e-4, atol=1e-4)
+
+
 def test_calibration_without_mask_counts_every_position() -> None:
     model = make_encoder()
     batches = token_batches(1, 4, seed=2)

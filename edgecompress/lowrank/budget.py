@@ -39,7 +39,7 @@ from torch import nn
 
 from edgecompress.errors import BudgetExceeded, InputError
 from edgecompress.lowrank.data_policies import DataSpectrum, data_spectra
-from edgecompress.lowrank.embedding import Batch, cosine_stats, embedding_of
+from edgecompress.lowrank.embedding import Batch, cosine_stats, embedding_of, forward, mask_of
 from edgecompress.lowrank.factorize import CompressionPlan, LowRankLinear, apply_ranks, copy_module, replace_submodule
 from edgecompress.lowrank.policies import PolicyContext, RankPolicy
 from edgecompress.lowrank.spectrum import LayerSpectrum
@@ -294,10 +294,10 @@ def sample_outputs(budget: Budget, inputs: np.ndarray | None, sample: Batch | No
                                                                Callable[[torch.Tensor, torch.Tensor], float]]:
     """(outputs(model), distortion) of the sensitivity measurement: array inputs or one named-input batch."""
     if sample is not None:
-        mask = sample.get(mask_key)
+        mask = mask_of(sample, mask_key)
         if budget.kind == "cosine":
-            return (lambda m: embedding_of(m(**sample), mask)), embedding_distortion
-        return (lambda m: _first_tensor(m(**sample))), output_distortion
+            return (lambda m: embedding_of(forward(m, sample), mask)), embedding_distortion
+        return (lambda m: _first_tensor(forward(m, sample))), output_distortion
     x = torch.from_numpy(np.ascontiguousarray(inputs[:SENSITIVITY_SAMPLES], dtype=np.float32))
     return (lambda m: m(x)), output_distortion
 
@@ -411,7 +411,7 @@ def budget_compress(model: nn.Module, policy: RankPolicy, spectra: Mapping[str, 
     factors: dict[str, Any] = dict(data_spectra(spectra, context)) if whitened else {}
     sensitivity = None if inputs is None and sample is None else sample_outputs(budget, inputs, sample)
     knob, curves, plans = _candidates(model, policy, spectra, context, allocation, factors, sensitivity,
-                                      measured_ranks)
+                                      measured_ranks, (model, inputs, sample, budget.kind == "cosine"))
 
     def build(plan: Plan) -> nn.Module:
         return apply_ranks(model, dict(spectra), dict(plan), {}, factors=factors)[0]
@@ -483,7 +483,8 @@ def _check_options(policy: RankPolicy, budget: Budget, allocation: str, confiden
 
 def _candidates(model: nn.Module, policy: RankPolicy, spectra: Mapping[str, LayerSpectrum], context: PolicyContext,
                 allocation: str, factors: Mapping[str, Any], sensitivity: tuple[Callable[..., Any], Callable[..., float]] | None,
-                measured_ranks: int = MEASURED_RANKS) -> tuple[str, Mapping[str, LayerCurve], list[Plan]]:
+                measured_ranks: int = MEASURED_RANKS,
+                cache_key: tuple[Any, ...] = ()) -> tuple[str, Mapping[str, LayerCurve], list[Plan]]:
     """(knob description, sensitivity table, candidate plans largest first) for the policy and allocation."""
     curves = {name: layer_curve(s, factors.get(name, s), context.round_to) for name, s in spectra.items()}
     if policy.name == "uniform":
@@ -491,8 +492,15 @@ def _candidates(model: nn.Module, policy: RankPolicy, spectra: Mapping[str, Laye
     elif allocation == "threshold" or (allocation == "auto" and sensitivity is None):
         knob, plans = "per-layer error threshold", threshold_plans(curves)
     else:
-        curves = measure_sensitivity(model, spectra, curves, factors, *sensitivity, measured_ranks=measured_ranks,
-                                     progress=context.on_progress)
+        # the table depends on the model, sample, factors and rank grid, not on the target: measured
+        # once per context, so several budgets on one model (a benchmark's curve) pay for it once
+        key = (measured_ranks, context.round_to, tuple(curves))
+        cached = context.extras.get("sensitivity")
+        if cached is None or cached[0] != key or any(a is not b for a, b in zip(cached[1], cache_key)):
+            table = measure_sensitivity(model, spectra, curves, factors, *sensitivity, measured_ranks=measured_ranks,
+                                        progress=context.on_progress)
+            context.extras["sensitivity"] = cached = (key, cache_key, table)
+        curves = cached[2]
         knob, plans = "Lagrangian on measured output distortion", lagrangian_plans(curves)
     if not plans:
         raise BudgetExceeded(f"no layer can be factorized with ranks rounded to multiples of {context.round_to} "

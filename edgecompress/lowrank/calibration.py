@@ -24,10 +24,10 @@ import torch
 from torch import nn
 
 from edgecompress.errors import InputError
+from edgecompress.lowrank.embedding import Batch, forward, mask_of
 from edgecompress.lowrank.spectrum import linear_layers
 
 Progress = Callable[[str], None]
-Batch = Mapping[str, torch.Tensor]
 MASK_KEY = "attention_mask"
 RELU_TARGETS = (torch.relu, torch.nn.functional.relu, torch.ops.aten.relu.default, torch.ops.aten.relu_.default)
 
@@ -102,15 +102,16 @@ def _is_relu(node: torch.fx.Node, modules: dict[str, nn.Module]) -> bool:
     return node.op == "call_module" and isinstance(modules.get(str(node.target)), nn.ReLU)
 
 
-def calibrate(model: nn.Module, x: np.ndarray | Iterable[Batch], names: Iterable[str], *,
+def calibrate(model: nn.Module, x: np.ndarray | Batch | Iterable[Batch], names: Iterable[str], *,
               dataset: str = "calibration", batch_size: int = 256, keep_inputs: int = 0,
               mask_key: str = MASK_KEY, progress: Progress | None = None) -> Calibration:
     """Run ``model`` on ``x`` batch by batch and accumulate each named layer's input second moment.
 
     Args:
         model: the model; not modified (hooks are removed afterwards).
-        x: calibration inputs: an array shaped like the model's single input, or an iterable of
-            batches of named inputs (``dict[str, Tensor]``, passed as ``model(**batch)``).
+        x: calibration inputs: an array shaped like the model's single input, all samples as one
+            dict of named arrays (cut into batches of ``batch_size``), or an iterable of batches of
+            named inputs (``dict[str, Tensor | ndarray]``, passed as keyword arguments).
         names: qualified names of the ``nn.Linear`` layers to observe.
         dataset: name recorded in the result.
         batch_size: samples per forward pass (array inputs).
@@ -140,10 +141,10 @@ def calibrate(model: nn.Module, x: np.ndarray | Iterable[Batch], names: Iterable
             for index, batch, total in _batches(x, batch_size):
                 if progress:
                     progress(f"calibrating: batch {index + 1}/{total or '?'}")
-                mask[0] = batch.get(mask_key) if isinstance(batch, Mapping) else None
+                mask[0] = mask_of(batch, mask_key) if isinstance(batch, Mapping) else None
                 samples += _batch_size(batch)
                 try:
-                    model(**batch) if isinstance(batch, Mapping) else model(batch)
+                    forward(model, batch) if isinstance(batch, Mapping) else model(batch)
                 except Exception as exc:  # any failure means these inputs do not fit the model
                     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                     raise InputError(f"the model cannot run on the calibration data {dataset} "
@@ -154,8 +155,15 @@ def calibrate(model: nn.Module, x: np.ndarray | Iterable[Batch], names: Iterable
     return Calibration(dataset, samples, stats)
 
 
-def _batches(x: np.ndarray | Iterable[Batch], batch_size: int) -> Iterable[tuple[int, Any, int | None]]:
-    """(index, batch, number of batches or None) of an array cut in batches, or of given batches."""
+def _batches(x: np.ndarray | Batch | Iterable[Batch], batch_size: int) -> Iterable[tuple[int, Any, int | None]]:
+    """(index, batch, number of batches or None) of an array or a dict of arrays cut in batches, or of
+    given batches."""
+    if isinstance(x, Mapping):
+        samples = _batch_size(x)
+        total = math.ceil(samples / batch_size)
+        for index, start in enumerate(range(0, samples, batch_size)):
+            yield index, {name: v[start:start + batch_size] for name, v in x.items()}, total
+        return
     if isinstance(x, np.ndarray):
         total = math.ceil(len(x) / batch_size)
         for index, start in enumerate(range(0, len(x), batch_size)):

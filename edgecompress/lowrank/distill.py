@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from edgecompress.errors import InputError, TrainingError
-from edgecompress.lowrank.embedding import Batch, cosine_stats, embed, embedding_of, token_states
+from edgecompress.lowrank.embedding import Batch, cosine_stats, embed, embedding_of, forward, mask_of, token_states
 from edgecompress.lowrank.finetune import torch_threads
 
 Log = Callable[[str], None]
@@ -89,7 +89,7 @@ class _Target:
 
 
 def _run(model: nn.Module, batch: Batch, hidden: bool) -> Any:
-    return model(**batch, output_hidden_states=True) if hidden else model(**batch)
+    return forward(model, batch, output_hidden_states=True) if hidden else forward(model, batch)
 
 
 def _hidden_states(output: Any) -> tuple[torch.Tensor, ...]:
@@ -107,7 +107,7 @@ def teacher_targets(teacher: nn.Module, batches: Sequence[Batch], settings: Dist
     with torch.no_grad():
         for batch in batches:
             output = _run(teacher, batch, hidden)
-            mask = batch.get(settings.mask_key)
+            mask = mask_of(batch, settings.mask_key)
             targets.append(_Target(token_states(output), embedding_of(output, mask),
                                    _hidden_states(output) if hidden else ()))
     return targets
@@ -202,7 +202,7 @@ def distill(student: nn.Module, teacher: nn.Module, train: Sequence[Batch], held
                 student.train()
                 batch = train[index]
                 loss = distill_loss(_run(student, batch, settings.hidden_weight > 0), targets[index],
-                                    batch.get(settings.mask_key), settings)
+                                    mask_of(batch, settings.mask_key), settings)
                 if not torch.isfinite(loss):
                     raise TrainingError(f"distillation diverged at step {step} (loss {float(loss)}); lower the lr")
                 optimizer.zero_grad(set_to_none=True)
@@ -211,7 +211,7 @@ def distill(student: nn.Module, teacher: nn.Module, train: Sequence[Batch], held
                     nn.utils.clip_grad_norm_(parameters, settings.clip)
                 optimizer.step()
                 scheduler.step()
-                losses.append(float(loss))
+                losses.append(float(loss.detach()))
                 result.steps_done = step
                 elapsed = time.perf_counter() - started
                 out_of_time = settings.max_seconds is not None and elapsed >= settings.max_seconds
@@ -220,7 +220,7 @@ def distill(student: nn.Module, teacher: nn.Module, train: Sequence[Batch], held
                     losses = []
                     best_state = _evaluate(student, held_out, reference, result, step, best_state, mean_loss,
                                            settings, log, elapsed) or best_state
-                bar(step, float(loss), result)
+                bar(step, losses[-1] if losses else float(loss.detach()), result)
                 if out_of_time:
                     break
         result.seconds = time.perf_counter() - started

@@ -9,16 +9,35 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+import numpy as np
 import torch
 
 from edgecompress.errors import InputError
 
-Batch = Mapping[str, torch.Tensor]
+Batch = Mapping[str, Any]  # named inputs: name -> torch.Tensor or np.ndarray, dim 0 = samples
 EMBEDDING_KEYS = ("sentence_embedding", "embedding", "pooled_embedding")
 TOKEN_KEYS = ("last_hidden_state", "token_embeddings")
 
 
-def mean_pool(tokens: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+def as_tensors(batch: Batch) -> dict[str, torch.Tensor]:
+    """A batch of named inputs with numpy arrays turned into tensors (tensors are kept as they are)."""
+    return {name: torch.from_numpy(np.ascontiguousarray(v)) if isinstance(v, np.ndarray) else v
+            for name, v in batch.items()}
+
+
+def forward(model: torch.nn.Module, batch: Batch, **options: Any) -> Any:
+    """Run ``model`` on one batch of named inputs: the ONE place the quality code calls a model
+    with named inputs (keyword arguments; ``options`` such as ``output_hidden_states`` are passed on)."""
+    return model(**as_tensors(batch), **options)
+
+
+def mask_of(batch: Batch, mask_key: str = "attention_mask") -> torch.Tensor | None:
+    """The batch's attention mask (B, T) as a tensor, or None."""
+    mask = batch.get(mask_key)
+    return torch.from_numpy(mask) if isinstance(mask, np.ndarray) else mask
+
+
+def masked_mean(tokens: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """Mean of ``tokens`` (B, T, H) over the positions where ``mask`` (B, T) is nonzero."""
     if mask is None:
         return tokens.mean(dim=1)
@@ -60,13 +79,13 @@ def embedding_of(output: Any, mask: torch.Tensor | None = None) -> torch.Tensor:
         raise InputError(f"cannot read a sentence embedding from a model output of type {type(output).__name__}: "
                          "expected a (batch, dim) tensor, (batch, tokens, dim) token states, or a dict/ModelOutput "
                          f"with one of {', '.join(EMBEDDING_KEYS + TOKEN_KEYS)}")
-    return torch.nn.functional.normalize(mean_pool(tokens, mask), dim=-1)
+    return torch.nn.functional.normalize(masked_mean(tokens, mask), dim=-1)
 
 
-def embed(model: torch.nn.Module, batches: list[dict[str, torch.Tensor]], *, mask_key: str = "attention_mask") -> torch.Tensor:
+def embed(model: torch.nn.Module, batches: list[Batch], *, mask_key: str = "attention_mask") -> torch.Tensor:
     """Sentence embeddings (N, H) of ``model`` over ``batches`` of named inputs, in order (no grad)."""
     with torch.no_grad():
-        return torch.cat([embedding_of(model(**batch), batch.get(mask_key)) for batch in batches])
+        return torch.cat([embedding_of(forward(model, batch), mask_of(batch, mask_key)) for batch in batches])
 
 
 def cosine_stats(embeddings: torch.Tensor, reference: torch.Tensor) -> tuple[float, float]:
