@@ -68,7 +68,8 @@ class DistillResult:
     history: list[dict[str, Any]] = field(default_factory=list)  # one row per evaluation
     best_step: int = 0
     steps_done: int = 0
-    seconds: float = 0.0
+    seconds: float = 0.0  # wall time of the training loop (evaluations included)
+    cpu_seconds: float = 0.0  # CPU time of this process meanwhile: ~ wall time on an idle machine
 
     @property
     def best(self) -> dict[str, Any]:
@@ -76,7 +77,8 @@ class DistillResult:
 
     def to_json(self) -> dict[str, Any]:
         return {"settings": asdict(self.settings), "best_step": self.best_step, "steps_done": self.steps_done,
-                "seconds": round(self.seconds, 1), "best": self.best, "history": self.history}
+                "seconds": round(self.seconds, 1), "cpu_seconds": round(self.cpu_seconds, 1), "best": self.best,
+                "history": self.history}
 
 
 @dataclass(frozen=True)
@@ -193,7 +195,7 @@ def distill(student: nn.Module, teacher: nn.Module, train: Sequence[Batch], held
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(step, settings))
         result = DistillResult(student, settings)
         best_state = _evaluate(student, held_out, reference, result, 0, None, 0.0, settings, log)
-        started, order, losses = time.perf_counter(), [], []
+        started, cpu_started, order, losses = time.perf_counter(), time.process_time(), [], []
         with _bar(progress, settings.steps) as bar:
             for step in range(1, settings.steps + 1):
                 if not order:
@@ -219,11 +221,12 @@ def distill(student: nn.Module, teacher: nn.Module, train: Sequence[Batch], held
                     mean_loss = sum(losses) / len(losses)
                     losses = []
                     best_state = _evaluate(student, held_out, reference, result, step, best_state, mean_loss,
-                                           settings, log, elapsed) or best_state
+                                           settings, log, elapsed, time.process_time() - cpu_started) or best_state
                 bar(step, losses[-1] if losses else float(loss.detach()), result)
                 if out_of_time:
                     break
         result.seconds = time.perf_counter() - started
+        result.cpu_seconds = time.process_time() - cpu_started
         if best_state is not None:
             student.load_state_dict(best_state)
         for parameter in student.parameters():
@@ -234,12 +237,12 @@ def distill(student: nn.Module, teacher: nn.Module, train: Sequence[Batch], held
 
 def _evaluate(student: nn.Module, held_out: Sequence[Batch], reference: torch.Tensor, result: DistillResult,
               step: int, best_state: dict[str, torch.Tensor] | None, loss: float, settings: DistillSettings,
-              log: Log | None, seconds: float = 0.0) -> dict[str, torch.Tensor] | None:
+              log: Log | None, seconds: float = 0.0, cpu_seconds: float = 0.0) -> dict[str, torch.Tensor] | None:
     """Measure the held-out cosine; return a copy of the state when it is the best so far (else None)."""
     student.eval()
     mean, p5 = cosine_stats(embed(student, list(held_out), mask_key=settings.mask_key), reference)
     row = {"step": step, "loss": round(loss, 6) if step else None, "held_out_cosine": round(mean, 6),
-           "held_out_cosine_p5": round(p5, 6), "seconds": round(seconds, 1)}
+           "held_out_cosine_p5": round(p5, 6), "seconds": round(seconds, 1), "cpu_seconds": round(cpu_seconds, 1)}
     best = not result.history or mean > result.best["held_out_cosine"]
     result.history.append(row)
     if log:
