@@ -226,7 +226,7 @@ def onnx_cosine(path: Path, batches: Batches, reference: torch.Tensor) -> float:
     return cosine_stats(torch.cat(outputs), reference)[0]
 
 
-def latency(bench: Bench, compressed: nn.Module, quick: bool, folder: Path) -> dict[str, Any]:
+def latency(bench: Bench, compressed: nn.Module, seconds: float, folder: Path) -> dict[str, Any]:
     """Dense vs compressed ONNX, fp32 and int8, batch 1, one thread, interleaved per sequence length."""
     from edgecompress.bench import run_benchmark
     from edgecompress.export.quantize import quantize_onnx
@@ -240,7 +240,7 @@ def latency(bench: Bench, compressed: nn.Module, quick: bool, folder: Path) -> d
             files[f"{name}.int8"] = folder / f"{name}_{seq}.int8.onnx"
             quantize_onnx(files[name], files[f"{name}.int8"])
         report = run_benchmark([files["dense"], files["compressed"], files["dense.int8"], files["compressed.int8"]],
-                               batches=(1,), threads=1, seconds=10 if quick else 60, warmup=5, memory=False,
+                               batches=(1,), threads=1, seconds=seconds, warmup=5, memory=False,
                                progress=False)
         rows = dict(zip(files, report["results"]))
         block: dict[str, Any] = {name: {"file_bytes": files[name].stat().st_size, "p50_ms": row["latency_ms"]["p50"],
@@ -249,7 +249,7 @@ def latency(bench: Bench, compressed: nn.Module, quick: bool, folder: Path) -> d
         block["speedup_p50"] = {
             "compressed_vs_dense": round(block["dense"]["p50_ms"] / block["compressed"]["p50_ms"], 3),
             "compressed.int8_vs_dense.int8": round(block["dense.int8"]["p50_ms"] / block["compressed.int8"]["p50_ms"], 3)}
-        sample = bench.test[:2] if quick else bench.test
+        sample = bench.test
         count = sum(len(b["input_ids"]) for b in sample)
         if seq == 128:  # every test sentence fits in 128 tokens (seq 32 would truncate the long ones)
             block["test_cosine_vs_dense_torch"] = {
@@ -308,8 +308,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small splits and few points (a smoke run)")
     parser.add_argument("--distill-steps", type=int, default=600)
     parser.add_argument("--distill-minutes", type=float, default=12.0, help="stop distilling after this long")
-    parser.add_argument("--save-model", type=Path, help="torch.save the distilled model here (for --load-model)")
-    parser.add_argument("--load-model", type=Path, help="skip distillation: time this saved compressed model")
+    parser.add_argument("--latency-rank", type=int,
+                        help="latency only: time the plain-SVD uniform rank-R model instead of distilling one")
+    parser.add_argument("--bench-seconds", type=float, default=60.0, help="timed seconds per sequence length")
     parser.add_argument("--json", action="store_true", help="print the result JSON on stdout")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
@@ -336,18 +337,17 @@ def main(argv: list[str] | None = None) -> int:
         bench.result["curve"] = curve(bench, args.quick)
         save()
     compressed = None
-    if args.load_model:
-        compressed = torch.load(args.load_model, weights_only=False)
+    if args.latency_rank:
+        compressed, plan = compress(bench.model, make_policy("uniform", rank=args.latency_rank), spectra=bench.spectra)
+        bench.result["latency_model"] = bench.point("uniform (SVD)", f"rank {args.latency_rank}", compressed, plan, 0.0)
     elif "distill" in sections or "latency" in sections:
         log("2x model and label-free distillation:")
         compressed, bench.result["distill"] = distilled(bench, args.quick, args.distill_steps, args.distill_minutes)
-        if args.save_model:
-            torch.save(compressed, args.save_model)
         save()
     if "latency" in sections and compressed is not None:
         log("ONNX latency:")
         with tempfile.TemporaryDirectory(prefix="minilm-onnx-") as folder:
-            bench.result["latency"] = latency(bench, compressed, args.quick, Path(folder))
+            bench.result["latency"] = latency(bench, compressed, 10 if args.quick else args.bench_seconds, Path(folder))
         save()
     save()
     if args.json:
