@@ -1,4 +1,4 @@
-"""Budget mode: the smallest model within an accuracy drop, or the largest within a size.
+"""Budget mode: the smallest model within an accuracy drop or above an embedding cosine, or the largest within a size.
 
 AIMET-style: a per-layer sensitivity table is computed once (from cached SVDs), one global knob
 turns it into a sequence of candidate rank plans ordered from largest to smallest model, and a
@@ -13,10 +13,14 @@ binary search over that sequence finds the plan that meets the target. Three kno
   softmax outputs, or relative squared error for non-class outputs), interpolated between grid
   points; a Lagrangian sweep (greedy on each layer's lower convex hull of params vs distortion)
   orders the plans. Needs inputs (``--calib`` or ``--eval-split``); it is what ``auto`` picks
-  when they exist.
+  when they exist. Models with named inputs give one small batch (``sample``, a dict of tensors);
+  for an embedding budget the distortion is ``1 - cos`` of the sentence embeddings. The layer under
+  test is swapped into one working copy (no copy of the model per candidate) and ``measured_ranks``
+  bounds the forwards per layer: 36 layers x 6 ranks x one 32-sentence batch is a few minutes.
 
 Every candidate the search visits is checked for real (accuracy on the validation split, the
-parameter count, or the exported file size), so the plan returned meets its target. An accuracy
+parameter count, the mean cosine of the sentence embeddings with the dense model's on the
+validation split, or the exported file size), so the plan returned meets its target. An accuracy
 budget is checked against a one-sided upper confidence bound of the drop (``confidence``, from the
 paired per-sample flips): a search that tries many candidates on one validation set otherwise
 picks the one whose drop was luckiest, and loses more on new data.
@@ -35,7 +39,8 @@ from torch import nn
 
 from edgecompress.errors import BudgetExceeded, InputError
 from edgecompress.lowrank.data_policies import DataSpectrum, data_spectra
-from edgecompress.lowrank.factorize import CompressionPlan, apply_ranks
+from edgecompress.lowrank.embedding import Batch, cosine_stats, embedding_of, forward, mask_of
+from edgecompress.lowrank.factorize import CompressionPlan, LowRankLinear, apply_ranks, copy_module, replace_submodule
 from edgecompress.lowrank.policies import PolicyContext, RankPolicy
 from edgecompress.lowrank.spectrum import LayerSpectrum
 
@@ -47,16 +52,22 @@ SENSITIVITY_SAMPLES = 2048  # inputs used to measure it
 
 @dataclass(frozen=True)
 class Budget:
-    """Exactly one target: a max accuracy drop (points), a fraction of Linear params, or file bytes."""
+    """Exactly one target: a max accuracy drop (points), a min mean embedding cosine, a fraction of
+    Linear params, or file bytes."""
 
     max_accuracy_drop: float | None = None
     target_params: float | None = None
     target_size: int | None = None
+    min_cosine: float | None = None
 
     def __post_init__(self) -> None:
-        given = [v for v in (self.max_accuracy_drop, self.target_params, self.target_size) if v is not None]
+        given = [v for v in (self.max_accuracy_drop, self.target_params, self.target_size, self.min_cosine)
+                 if v is not None]
         if len(given) != 1:
-            raise InputError("budget mode takes exactly one of --max-accuracy-drop, --target-params, --target-size")
+            raise InputError("budget mode takes exactly one of --max-accuracy-drop, --min-cosine, --target-params, "
+                             "--target-size")
+        if self.min_cosine is not None and not -1 < self.min_cosine < 1:
+            raise InputError(f"--min-cosine is a mean cosine similarity in (-1, 1), got {self.min_cosine}")
         if self.max_accuracy_drop is not None and not 0 <= self.max_accuracy_drop < 100:
             raise InputError(f"--max-accuracy-drop is in points (0-100), got {self.max_accuracy_drop}")
         if self.target_params is not None and not 0 < self.target_params <= 1:
@@ -66,9 +77,11 @@ class Budget:
 
     @property
     def kind(self) -> str:
-        """``accuracy``, ``params`` or ``size``."""
+        """``accuracy``, ``cosine``, ``params`` or ``size``."""
         if self.max_accuracy_drop is not None:
             return "accuracy"
+        if self.min_cosine is not None:
+            return "cosine"
         return "params" if self.target_params is not None else "size"
 
     def to_json(self) -> dict[str, Any]:
@@ -217,13 +230,13 @@ def output_distortion(outputs: torch.Tensor, reference: torch.Tensor) -> float:
     return float((outputs.double() - reference.double()).square().sum()) / scale if scale > 0 else 0.0
 
 
-def _measured_ranks(grid: list[int]) -> list[int]:
-    """Up to MEASURED_RANKS grid ranks, spaced geometrically, always the first and last."""
-    if len(grid) <= MEASURED_RANKS:
+def _measured_ranks(grid: list[int], count: int = MEASURED_RANKS) -> list[int]:
+    """Up to ``count`` grid ranks, spaced geometrically, always the first and last."""
+    if len(grid) <= count:
         return grid
     picks = {grid[0], grid[-1]}
-    for k in range(MEASURED_RANKS):
-        target = grid[0] * (grid[-1] / grid[0]) ** (k / (MEASURED_RANKS - 1))
+    for k in range(count):
+        target = grid[0] * (grid[-1] / grid[0]) ** (k / (count - 1))
         picks.add(min(grid, key=lambda r: abs(r - target)))
     return sorted(picks)
 
@@ -237,26 +250,63 @@ def _interpolate(ranks: list[int], measured: dict[int, float]) -> list[float]:
     return list(np.maximum.accumulate(np.clip(values, 0.0, None)[::-1])[::-1])
 
 
+def embedding_distortion(outputs: torch.Tensor, reference: torch.Tensor) -> float:
+    """Mean ``1 - cos`` between two sets of sentence embeddings."""
+    return float(1.0 - torch.nn.functional.cosine_similarity(outputs.double(), reference.double(), dim=-1).mean())
+
+
 def measure_sensitivity(model: nn.Module, spectra: Mapping[str, LayerSpectrum], curves: Mapping[str, LayerCurve],
-                        factors: Mapping[str, Any], inputs: np.ndarray,
+                        factors: Mapping[str, Any], outputs: Callable[[nn.Module], torch.Tensor],
+                        distortion: Callable[[torch.Tensor, torch.Tensor], float] = output_distortion, *,
+                        measured_ranks: int = MEASURED_RANKS,
                         progress: Callable[[str], None] | None = None) -> dict[str, LayerCurve]:
-    """Add the measured network-output distortion to each layer's curve (one layer compressed at a time)."""
-    x = torch.from_numpy(np.ascontiguousarray(inputs[:SENSITIVITY_SAMPLES], dtype=np.float32))
+    """Add the measured network-output distortion to each layer's curve (one layer compressed at a time).
+
+    ``outputs(model)`` runs a model on the fixed sample; each candidate layer is swapped into one
+    working copy of ``model`` and swapped back, so ``model`` itself is never touched.
+    """
+    work = copy_module(model)
     with torch.no_grad():
-        reference = model(x)
+        reference = outputs(work)
     result = {}
     for index, (name, curve) in enumerate(curves.items()):
         grid = [r for r in curve.ranks if r is not None]
         measured: dict[int, float] = {}
-        for rank in _measured_ranks(grid):
-            if progress:
-                progress(f"sensitivity: layer {index + 1}/{len(curves)} ({name}), rank {rank}")
-            candidate, _ = apply_ranks(model, {name: spectra[name]}, {name: rank}, {}, factors=factors)
-            with torch.no_grad():
-                measured[rank] = output_distortion(candidate(x), reference)
-        distortion = (*(_interpolate(grid, measured) if grid else []), 0.0)
-        result[name] = LayerCurve(name, curve.ranks, curve.params, curve.error, distortion, measured)
+        original = work.get_submodule(name)
+        source = factors.get(name, spectra[name])
+        bias = None if original.bias is None else original.bias.detach()
+        try:
+            for rank in _measured_ranks(grid, measured_ranks):
+                if progress:
+                    progress(f"sensitivity: layer {index + 1}/{len(curves)} ({name}), rank {rank}")
+                work = replace_submodule(work, name, LowRankLinear.from_factors(*source.factors(rank), bias))
+                with torch.no_grad():
+                    measured[rank] = distortion(outputs(work), reference)
+        finally:
+            work = replace_submodule(work, name, original)
+        distortion_curve = (*(_interpolate(grid, measured) if grid else []), 0.0)
+        result[name] = LayerCurve(name, curve.ranks, curve.params, curve.error, distortion_curve, measured)
     return result
+
+
+def sample_outputs(budget: Budget, inputs: np.ndarray | None, sample: Batch | None,
+                   mask_key: str = "attention_mask") -> tuple[Callable[[nn.Module], torch.Tensor],
+                                                               Callable[[torch.Tensor, torch.Tensor], float]]:
+    """(outputs(model), distortion) of the sensitivity measurement: array inputs or one named-input batch."""
+    if sample is not None:
+        mask = mask_of(sample, mask_key)
+        if budget.kind == "cosine":
+            return (lambda m: embedding_of(forward(m, sample), mask)), embedding_distortion
+        return (lambda m: _first_tensor(forward(m, sample))), output_distortion
+    x = torch.from_numpy(np.ascontiguousarray(inputs[:SENSITIVITY_SAMPLES], dtype=np.float32))
+    return (lambda m: m(x)), output_distortion
+
+
+def _first_tensor(output: Any) -> torch.Tensor:
+    if isinstance(output, torch.Tensor):
+        return output
+    values = list(output.values()) if hasattr(output, "values") else list(output)
+    return next(v for v in values if isinstance(v, torch.Tensor))
 
 
 @dataclass
@@ -278,13 +328,15 @@ class _Search:
             if self.progress:
                 self.progress(f"budget search: candidate {index + 1}/{len(self.plans)}, {params:,} Linear params")
             measured = self.measure(plan)
-            value, checked = measured if isinstance(measured, tuple) else (measured, measured)
+            value, checked, *more = measured if isinstance(measured, tuple) else (measured, measured)
             self.seen[index] = self.meets(checked)
             errors = {name: round(curve.error[curve.ranks.index(plan[name])], 6) for name, curve in self.curves.items()}
             step = {"candidate": index, "ranks": dict(plan), "linear_params": params, "layer_error": errors,
                     "value": float(f"{value:.6g}")}
             if checked != value:
                 step["bound"] = float(f"{checked:.6g}")
+            for extra in more:
+                step.update(extra)
             self.path.append({**step, "meets": self.seen[index]})
         return self.seen[index]
 
@@ -323,7 +375,9 @@ def budget_compress(model: nn.Module, policy: RankPolicy, spectra: Mapping[str, 
                     context: PolicyContext, allocation: str = "auto", confidence: float = 0.95,
                     evaluate: Callable[[nn.Module], np.ndarray] | None = None,
                     inputs: np.ndarray | None = None,
-                    size_of: Callable[[nn.Module], int] | None = None) -> BudgetResult:
+                    size_of: Callable[[nn.Module], int] | None = None,
+                    embed: Callable[[nn.Module], torch.Tensor] | None = None,
+                    sample: Batch | None = None, measured_ranks: int = MEASURED_RANKS) -> BudgetResult:
     """Search the policy's rank plans for the one that meets ``budget``.
 
     Args:
@@ -341,14 +395,23 @@ def budget_compress(model: nn.Module, policy: RankPolicy, spectra: Mapping[str, 
             for an accuracy budget.
         inputs: real inputs for the sensitivity table (validation or calibration samples).
         size_of: bytes of a model's exported file; needed for a size budget.
+        embed: sentence embeddings (N, H) of a model on the validation split; needed for a cosine
+            budget (compared row by row with the dense model's).
+        sample: one batch of named inputs (``dict[str, Tensor]``) for the sensitivity table of a
+            model with named inputs (instead of ``inputs``).
+        measured_ranks: ranks per layer at which the sensitivity is measured.
 
     Raises:
         BudgetExceeded: no candidate meets the target (the message says what is achievable).
         InputError: the options do not fit together.
     """
-    _check_options(policy, budget, allocation, confidence, evaluate, inputs, size_of)
-    factors: dict[str, Any] = dict(data_spectra(spectra, context)) if policy.needs_calibration else {}
-    knob, curves, plans = _candidates(model, policy, spectra, context, allocation, factors, inputs)
+    _check_options(policy, budget, allocation, confidence, evaluate, inputs if sample is None else sample, size_of,
+                   embed)
+    whitened = policy.needs_calibration or context.whiten
+    factors: dict[str, Any] = dict(data_spectra(spectra, context)) if whitened else {}
+    sensitivity = None if inputs is None and sample is None else sample_outputs(budget, inputs, sample)
+    knob, curves, plans = _candidates(model, policy, spectra, context, allocation, factors, sensitivity,
+                                      measured_ranks, (model, inputs, sample, budget.kind == "cosine"))
 
     def build(plan: Plan) -> nn.Module:
         return apply_ranks(model, dict(spectra), dict(plan), {}, factors=factors)[0]
@@ -361,13 +424,23 @@ def budget_compress(model: nn.Module, policy: RankPolicy, spectra: Mapping[str, 
         search = _Search(plans, curves, lambda p: accuracy_drop(base, np.asarray(evaluate(build(p)), dtype=bool),
                                                                 confidence),
                          lambda drop: drop <= budget.max_accuracy_drop + 1e-9, progress=context.on_progress)
+    elif budget.kind == "cosine":
+        dense = embed(model)
+        baseline.update(samples=int(dense.shape[0]))
+
+        def cosine(plan: Plan) -> tuple[float, float, dict[str, float]]:
+            mean, p5 = cosine_stats(embed(build(plan)), dense)
+            return mean, mean, {"cosine_p5": float(f"{p5:.6g}")}
+
+        search = _Search(plans, curves, cosine, lambda mean: mean >= budget.min_cosine - 1e-12,
+                         progress=context.on_progress)
     elif budget.kind == "params":
         search = _Search(plans, curves, lambda p: plan_params(p, curves) / dense_params,
                          lambda fraction: fraction <= budget.target_params, progress=context.on_progress)
     else:
         search = _Search(plans, curves, lambda p: float(size_of(build(p))),
                          lambda size: size <= budget.target_size, progress=context.on_progress)
-    index = search.last_meeting() if budget.kind == "accuracy" else search.first_meeting()
+    index = search.last_meeting() if budget.kind in ("accuracy", "cosine") else search.first_meeting()
     if index is None:
         raise BudgetExceeded(_unreachable(budget, search.path[-1], context.round_to))
     ranks = plans[index]
@@ -387,8 +460,9 @@ def budget_compress(model: nn.Module, policy: RankPolicy, spectra: Mapping[str, 
 
 
 def _check_options(policy: RankPolicy, budget: Budget, allocation: str, confidence: float,
-                   evaluate: Callable[[nn.Module], np.ndarray] | None, inputs: np.ndarray | None,
-                   size_of: Callable[[nn.Module], int] | None) -> None:
+                   evaluate: Callable[[nn.Module], np.ndarray] | None, inputs: Any,
+                   size_of: Callable[[nn.Module], int] | None,
+                   embed: Callable[[nn.Module], torch.Tensor] | None = None) -> None:
     """Refuse option combinations before any work is done."""
     if policy.name == "ddlr-convex":
         raise InputError("budget mode searches closed-form rank curves; use --policy data "
@@ -401,21 +475,32 @@ def _check_options(policy: RankPolicy, budget: Budget, allocation: str, confiden
         raise InputError("--max-accuracy-drop needs --eval-split DATA (a labelled validation set)")
     if budget.kind == "accuracy" and not 0 <= confidence < 1:
         raise InputError(f"--confidence must be in [0, 1), got {confidence}")
+    if budget.kind == "cosine" and embed is None:
+        raise InputError("--min-cosine needs a validation split to embed (--eval-split DATA, unlabeled is fine)")
     if budget.kind == "size" and size_of is None:
         raise InputError("--target-size needs a way to measure the exported size")
 
 
 def _candidates(model: nn.Module, policy: RankPolicy, spectra: Mapping[str, LayerSpectrum], context: PolicyContext,
-                allocation: str, factors: Mapping[str, Any],
-                inputs: np.ndarray | None) -> tuple[str, Mapping[str, LayerCurve], list[Plan]]:
+                allocation: str, factors: Mapping[str, Any], sensitivity: tuple[Callable[..., Any], Callable[..., float]] | None,
+                measured_ranks: int = MEASURED_RANKS,
+                cache_key: tuple[Any, ...] = ()) -> tuple[str, Mapping[str, LayerCurve], list[Plan]]:
     """(knob description, sensitivity table, candidate plans largest first) for the policy and allocation."""
     curves = {name: layer_curve(s, factors.get(name, s), context.round_to) for name, s in spectra.items()}
     if policy.name == "uniform":
         knob, plans = "uniform rank", uniform_plans(curves)
-    elif allocation == "threshold" or (allocation == "auto" and inputs is None):
+    elif allocation == "threshold" or (allocation == "auto" and sensitivity is None):
         knob, plans = "per-layer error threshold", threshold_plans(curves)
     else:
-        curves = measure_sensitivity(model, spectra, curves, factors, inputs, context.on_progress)
+        # the table depends on the model, sample, factors and rank grid, not on the target: measured
+        # once per context, so several budgets on one model (a benchmark's curve) pay for it once
+        key = (measured_ranks, context.round_to, tuple(curves))
+        cached = context.extras.get("sensitivity")
+        if cached is None or cached[0] != key or any(a is not b for a, b in zip(cached[1], cache_key)):
+            table = measure_sensitivity(model, spectra, curves, factors, *sensitivity, measured_ranks=measured_ranks,
+                                        progress=context.on_progress)
+            context.extras["sensitivity"] = cached = (key, cache_key, table)
+        curves = cached[2]
         knob, plans = "Lagrangian on measured output distortion", lagrangian_plans(curves)
     if not plans:
         raise BudgetExceeded(f"no layer can be factorized with ranks rounded to multiples of {context.round_to} "
@@ -435,6 +520,10 @@ def _unreachable(budget: Budget, closest: dict[str, Any], multiple: int) -> str:
         return (f"no compressed model stays within {budget.max_accuracy_drop} points: the smallest achievable drop is "
                 f"{closest['value']:.2f} points{bound} (ranks {ranks}, {closest['linear_params']:,} Linear params); "
                 "raise --max-accuracy-drop")
+    if budget.kind == "cosine":
+        return (f"no compressed model keeps a mean cosine of {budget.min_cosine} with the dense embeddings: the "
+                f"closest candidate reaches {closest['value']:.4f} (ranks {ranks}, {closest['linear_params']:,} "
+                "Linear params); lower --min-cosine, or distill after compressing")
     if budget.kind == "params":
         return (f"--target-params {budget.target_params} is out of reach: the smallest model keeps "
                 f"{closest['value']:.4f} of the Linear parameters ({closest['linear_params']:,}, ranks {ranks}, "

@@ -5,22 +5,30 @@ accumulator (``gram = sum_x x x^T``), so memory is one ``in x in`` matrix per la
 data flows through; only when asked (``keep_inputs``) is a bounded sample of raw input rows kept
 (the ``ddlr-convex`` solver needs them). Leading dimensions (batch, sequence ...) are flattened:
 every input vector counts as one sample.
+
+Models with named inputs (token ids, attention masks ...) are calibrated on batches given as
+``dict[str, Tensor]`` and called as ``model(**batch)``. When a batch has an attention mask (B, T)
+(1 = real token, 0 = padding), a layer input whose leading dimensions are (B, T) contributes only
+its real-token rows: padding positions are dropped, not merely down-weighted, so whatever a model
+computes there (huge values, NaN) cannot leak into the statistics.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 import torch
 from torch import nn
 
 from edgecompress.errors import InputError
+from edgecompress.lowrank.embedding import Batch, forward, mask_of
 from edgecompress.lowrank.spectrum import linear_layers
 
 Progress = Callable[[str], None]
+MASK_KEY = "attention_mask"
 RELU_TARGETS = (torch.relu, torch.nn.functional.relu, torch.ops.aten.relu.default, torch.ops.aten.relu_.default)
 
 
@@ -94,25 +102,31 @@ def _is_relu(node: torch.fx.Node, modules: dict[str, nn.Module]) -> bool:
     return node.op == "call_module" and isinstance(modules.get(str(node.target)), nn.ReLU)
 
 
-def calibrate(model: nn.Module, x: np.ndarray, names: Iterable[str], *, dataset: str = "calibration",
-              batch_size: int = 256, keep_inputs: int = 0, progress: Progress | None = None) -> Calibration:
+def calibrate(model: nn.Module, x: np.ndarray | Batch | Iterable[Batch], names: Iterable[str], *,
+              dataset: str = "calibration", batch_size: int = 256, keep_inputs: int = 0,
+              mask_key: str = MASK_KEY, progress: Progress | None = None) -> Calibration:
     """Run ``model`` on ``x`` batch by batch and accumulate each named layer's input second moment.
 
     Args:
         model: the model; not modified (hooks are removed afterwards).
-        x: calibration inputs, already shaped like the model's input.
+        x: calibration inputs: an array shaped like the model's single input, all samples as one
+            dict of named arrays (cut into batches of ``batch_size``), or an iterable of batches of
+            named inputs (``dict[str, Tensor | ndarray]``, passed as keyword arguments).
         names: qualified names of the ``nn.Linear`` layers to observe.
         dataset: name recorded in the result.
-        batch_size: samples per forward pass.
+        batch_size: samples per forward pass (array inputs).
         keep_inputs: also keep up to this many raw input rows per layer (0: none).
+        mask_key: the batch entry holding the attention mask (B, T); padding rows are excluded.
         progress: called with a short status line per batch.
 
     Raises:
         InputError: the model cannot run on these inputs.
     """
     linears = linear_layers(model)
+    names = list(names)
     relu = relu_followers(model, names)
     stats: dict[str, LayerInputs] = {}
+    mask: list[torch.Tensor | None] = [None]  # the current batch's mask, read by the hooks
     handles = []
     for name in names:
         linear = linears[name]
@@ -120,28 +134,74 @@ def calibrate(model: nn.Module, x: np.ndarray, names: Iterable[str], *, dataset:
         stats[name] = LayerInputs(name, linear.in_features,
                                   torch.zeros(linear.in_features, linear.in_features, dtype=torch.float64),
                                   relu_after=name in relu, bias=bias)
-        handles.append(linear.register_forward_pre_hook(_accumulator(stats[name], keep_inputs)))
-    batches = math.ceil(len(x) / batch_size)
+        handles.append(linear.register_forward_pre_hook(_accumulator(stats[name], keep_inputs, mask)))
+    samples = 0
     try:
         with torch.no_grad():
-            for index, start in enumerate(range(0, len(x), batch_size)):
+            for index, batch, total in _batches(x, batch_size):
                 if progress:
-                    progress(f"calibrating: batch {index + 1}/{batches}")
+                    progress(f"calibrating: batch {index + 1}/{total or '?'}")
+                mask[0] = mask_of(batch, mask_key) if isinstance(batch, Mapping) else None
+                samples += _batch_size(batch)
                 try:
-                    model(torch.from_numpy(np.ascontiguousarray(x[start:start + batch_size], dtype=np.float32)))
+                    forward(model, batch) if isinstance(batch, Mapping) else model(batch)
                 except Exception as exc:  # any failure means these inputs do not fit the model
                     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                     raise InputError(f"the model cannot run on the calibration data {dataset} "
-                                     f"(samples of shape {tuple(x.shape[1:])}): {first}") from exc
+                                     f"({_describe(batch)}): {first}") from exc
     finally:
         for handle in handles:
             handle.remove()
-    return Calibration(dataset, int(len(x)), stats)
+    return Calibration(dataset, samples, stats)
 
 
-def _accumulator(stats: LayerInputs, keep_inputs: int) -> Callable[[nn.Module, tuple[Any, ...]], None]:
+def _batches(x: np.ndarray | Batch | Iterable[Batch], batch_size: int) -> Iterable[tuple[int, Any, int | None]]:
+    """(index, batch, number of batches or None) of an array or a dict of arrays cut in batches, or of
+    given batches."""
+    if isinstance(x, Mapping):
+        samples = _batch_size(x)
+        total = math.ceil(samples / batch_size)
+        for index, start in enumerate(range(0, samples, batch_size)):
+            yield index, {name: v[start:start + batch_size] for name, v in x.items()}, total
+        return
+    if isinstance(x, np.ndarray):
+        total = math.ceil(len(x) / batch_size)
+        for index, start in enumerate(range(0, len(x), batch_size)):
+            yield index, torch.from_numpy(np.ascontiguousarray(x[start:start + batch_size], dtype=np.float32)), total
+        return
+    total = len(x) if hasattr(x, "__len__") else None
+    for index, batch in enumerate(x):
+        yield index, batch, total
+
+
+def _batch_size(batch: Any) -> int:
+    if isinstance(batch, Mapping):
+        return int(next(iter(batch.values())).shape[0]) if batch else 0
+    return int(batch.shape[0])
+
+
+def _describe(batch: Any) -> str:
+    if isinstance(batch, Mapping):
+        return "inputs " + ", ".join(f"{k}: {tuple(v.shape)} {str(v.dtype).removeprefix('torch.')}"
+                                     for k, v in batch.items())
+    return f"samples of shape {tuple(batch.shape[1:])}"
+
+
+def real_rows(activation: torch.Tensor, mask: torch.Tensor | None, features: int) -> torch.Tensor:
+    """The input vectors of one layer call as (n, features) float64 rows, padding rows dropped.
+
+    With a mask (B, T) and an activation whose leading dimensions are (B, T), only the rows where
+    the mask is nonzero are kept; otherwise every row counts.
+    """
+    if mask is not None and tuple(activation.shape[:-1]) == tuple(mask.shape):
+        return activation.detach()[mask != 0].to(torch.float64).reshape(-1, features)
+    return activation.detach().reshape(-1, features).to(torch.float64)
+
+
+def _accumulator(stats: LayerInputs, keep_inputs: int,
+                 mask: list[torch.Tensor | None]) -> Callable[[nn.Module, tuple[Any, ...]], None]:
     def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
-        rows = args[0].detach().reshape(-1, stats.in_features).to(torch.float64)
+        rows = real_rows(args[0], mask[0], stats.in_features)
         stats.gram += rows.T @ rows
         stats.count += int(rows.shape[0])
         room = keep_inputs - sum(len(k) for k in stats.kept)

@@ -136,6 +136,23 @@ def data_spectra(spectra: Mapping[str, LayerSpectrum], context: PolicyContext,
     return {name: cache[name] for name in spectra}
 
 
+def whitened_spectrum(decomposition: DataSpectrum, has_bias: bool) -> LayerSpectrum:
+    """The data-aware decomposition as a :class:`LayerSpectrum` (``vh`` = the rows ``a_i``, not orthonormal).
+
+    Its singular values are those of ``W L``: energy kept is the fraction of the layer's OUTPUT energy
+    on the calibration inputs, so any spectrum-based policy (uniform, energy, entropy) reads it as is.
+    """
+    d = decomposition
+    return LayerSpectrum(d.name, d.in_features, d.out_features, has_bias, d.u, d.s, d.a)
+
+
+def whiten(spectra: Mapping[str, LayerSpectrum], context: PolicyContext) -> dict[str, LayerSpectrum]:
+    """Whitened spectra of the layers; the data-aware factors go into ``context.factors``."""
+    decompositions = data_spectra(spectra, context)
+    context.factors.update(decompositions)
+    return {name: whitened_spectrum(decompositions[name], spectra[name].has_bias) for name in spectra}
+
+
 def data_errors(context: PolicyContext, ranks: Mapping[str, int | None]) -> dict[str, float]:
     """Relative output error on the calibration inputs of each factorized layer whose data-aware
     decomposition was computed (what build.json reports next to the ranks)."""

@@ -194,7 +194,8 @@ def compress(model: nn.Module, policy: RankPolicy, *, exclude: str | None = None
         model: any module; Linear layers anywhere in its tree are candidates.
         policy: a rank policy (``UniformPolicy(32)``, ``EnergyPolicy(0.95)`` ...).
         exclude: regular expression on qualified layer names to keep dense.
-        context: calibration data / evaluator for policies that need them.
+        context: calibration data / evaluator for policies that need them; ``context.whiten``
+            makes any policy rank and factor the activation-whitened spectra.
         spectra: precomputed spectra (``model_spectra(model, exclude)``) to skip the SVDs.
 
     Returns:
@@ -202,7 +203,11 @@ def compress(model: nn.Module, policy: RankPolicy, *, exclude: str | None = None
     """
     spectra = spectra if spectra is not None else model_spectra(model, exclude)
     context = context or PolicyContext()
-    ranks = round_ranks(policy.plan(spectra, context), spectra, context.round_to)
+    chosen_on = spectra
+    if context.whiten and not policy.needs_calibration:
+        from edgecompress.lowrank.data_policies import whiten  # registers the data policies; imports this module
+        chosen_on = whiten(spectra, context)
+    ranks = round_ranks(policy.plan(chosen_on, context), spectra, context.round_to)
     compressed, plan = apply_ranks(model, spectra, ranks, policy.to_json(), factors=context.factors)
     return compressed, with_unplanned_layers(plan, model, excluded_reason(exclude)) if exclude else plan
 

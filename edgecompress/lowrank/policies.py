@@ -33,6 +33,9 @@ class PolicyContext:
     factors: dict[str, Any] = field(default_factory=dict)
     # round every chosen rank up to a multiple of this (SIMD-friendly shapes)
     round_to: int = 1
+    # with calibration: every policy chooses ranks on, and factors, the activation-whitened spectrum
+    # (SVD of W L, L the Cholesky factor of the input second moment; SVD-LLM's truncation-aware whitening)
+    whiten: bool = False
 
     def __post_init__(self) -> None:
         if self.round_to < 1:
