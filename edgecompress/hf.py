@@ -16,6 +16,7 @@ from torch import nn
 
 from edgecompress.errors import InputError, MissingExtraError
 from edgecompress.spec import InputSpec, ModelIO
+from edgecompress.lowrank.embedding import masked_mean
 
 DEFAULT_SEQ = 128
 TEXT_SUFFIXES = (".txt", ".text")
@@ -67,7 +68,7 @@ class SentenceEmbedding(nn.Module):
         elif self.mode == "max":
             pooled = tokens.masked_fill(mask == 0, -1e9).max(dim=1).values
         else:
-            pooled = (tokens * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            pooled = masked_mean(tokens, attention_mask)
         if self.normalize:
             pooled = nn.functional.normalize(pooled, p=2, dim=1)
         return {"sentence_embedding": pooled}

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from edgecompress.errors import InputError
+from edgecompress.quality import cosine_rows  # the one cosine (build agreement uses it too)
 
 Batch = Mapping[str, Any]  # named inputs: name -> torch.Tensor or np.ndarray, dim 0 = samples
 EMBEDDING_KEYS = ("sentence_embedding", "embedding", "pooled_embedding")
@@ -90,5 +91,5 @@ def embed(model: torch.nn.Module, batches: list[Batch], *, mask_key: str = "atte
 
 def cosine_stats(embeddings: torch.Tensor, reference: torch.Tensor) -> tuple[float, float]:
     """(mean, 5th percentile) of the row-wise cosine similarity between two (N, H) sets."""
-    cos = torch.nn.functional.cosine_similarity(embeddings.double(), reference.double(), dim=-1)
-    return float(cos.mean()), float(torch.quantile(cos, 0.05))
+    cos = cosine_rows(embeddings.detach().double().numpy(), reference.detach().double().numpy())
+    return float(cos.mean()), float(np.percentile(cos, 5))
