@@ -86,6 +86,7 @@ class BuildConfig:
     batch: int = 1
     int8_min_agreement: float = int8_export.INT8_MIN_AGREEMENT
     threads: int = 1  # torch and onnxruntime threads of the build (SVD, export, verification)
+    whiten: bool = False  # every policy ranks/factors the activation-whitened spectrum (needs --calib)
     svd: str = "auto"  # auto: randomized where the rank is well below a large layer's full rank; exact: always exact
 
     @property
@@ -308,9 +309,12 @@ def _check_calibration(config: BuildConfig) -> None:
     if config.policy.needs_calibration and config.calib_data is None:
         raise InputError(f"--policy {config.policy.name} needs calibration data: add --calib DATA "
                          "(an .npz, an MNIST-style folder such as mnist:train, or digits:train)")
-    if config.calib_data is not None and not (config.policy.needs_calibration or config.budget or config.quantize):
+    if config.whiten and config.calib_data is None:
+        raise InputError("--whiten needs calibration data: add --calib DATA (the layer inputs it whitens)")
+    if config.calib_data is not None and not (config.policy.needs_calibration or config.budget or config.quantize
+                                              or config.whiten):
         raise InputError(f"--calib is not used by --policy {config.policy.name}: it feeds --policy data/ddlr-convex, "
-                         "budget mode and --quantize int8; drop it or use one of those")
+                         "--whiten, budget mode and --quantize int8; drop it or use one of those")
 
 
 def _compress_stage(config: BuildConfig, model: nn.Module, io: ModelIO, calib: Dataset | None,
@@ -323,13 +327,14 @@ def _compress_stage(config: BuildConfig, model: nn.Module, io: ModelIO, calib: D
     reasons = kept_dense(model, io, config)
     spectra = model_spectra(model, coverage.exclude_pattern(list(reasons), config.exclude),
                             settings=svd_settings(config.svd), on_progress=progress)  # decomposed lazily, one layer at a time
-    context = PolicyContext(progress=progress is not None, on_progress=progress, round_to=config.round_to)
+    context = PolicyContext(progress=progress is not None, on_progress=progress, round_to=config.round_to,
+                            whiten=config.whiten)
     record: dict[str, Any] = {}
     budget = config.budget
     validation = _validation_split(config, io)
     if validation is not None:
         validate.check_labels(validation.y, output_classes(model, io), validation.name, "--eval-split")
-    if config.policy.needs_calibration:
+    if config.policy.needs_calibration or config.whiten:
         keep = len(calib) if getattr(config.policy, "needs_inputs", False) else 0
         calibration = layer_statistics(model, calib, list(spectra), keep_inputs=keep, progress=progress)
         context.calibration = calibration.layers
@@ -667,7 +672,7 @@ def _build(config: BuildConfig, folder: outdir.OutputFolder, progress: Progress 
             "options": {"targets": list(config.targets), "opset": config.opset, "exclude": config.exclude,
                         "keep_head": config.keep_head,
                         "simplify": config.simplify, "seed": config.seed, "quantize": config.quantize,
-                        "svd": config.svd, "threads": config.threads,
+                        "svd": config.svd, "threads": config.threads, "whiten": config.whiten,
                         "tflite_batch": config.batch if "tflite" in config.targets else None,
                         "verify_samples": samples, "quality_output": io.quality_output},
             "artifacts": artifacts,

@@ -224,3 +224,18 @@ def test_an_ungrouped_option_lands_in_other() -> None:
 
     out = CliRunner().invoke(cmd, ["--help"]).output
     assert out.index("Main:") < out.index("--a") < out.index(f"{OTHER}:") < out.index("--b")
+
+
+def test_whiten_factors_on_calibration_data_and_needs_calib(small_mlp_pt2: Path, tmp_path: Path, capsys) -> None:
+    common = ["build", str(small_mlp_pt2), "--policy", "uniform", "--rank", "8", "--quiet"]
+    code, _, err = run_cli(common + ["--whiten", "--out", str(tmp_path / "no-calib")], capsys)
+    assert code == 2 and "--whiten needs calibration data" in err and not (tmp_path / "no-calib").exists()
+    for name, extra in (("plain", []), ("white", ["--whiten", "--calib", "digits:train"])):
+        code, _, err = run_cli(common + extra + ["--out", str(tmp_path / name)], capsys)
+        assert code == 0, err
+    plain, white = (json.loads((tmp_path / n / "build.json").read_text()) for n in ("plain", "white"))
+    assert white["options"]["whiten"] is True and plain["options"]["whiten"] is False
+    assert "calibration" in white and "calibration" not in plain
+    assert [layer["rank"] for layer in white["layers"]] == [layer["rank"] for layer in plain["layers"]]
+    # same ranks, other factors: the whitened pair fits the calibration inputs, not the weights alone
+    assert (tmp_path / "plain" / "small.onnx").read_bytes() != (tmp_path / "white" / "small.onnx").read_bytes()

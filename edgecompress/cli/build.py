@@ -69,7 +69,7 @@ HELP_GROUPS = (
     ("Model and inputs", "", ("--input-shape", "--input", "--seq", "--quality-output", "--factory", "--allow-pickle",
                               "--exclude", "--compress-head")),
     ("Rank policy", "", ("--policy", "--energy", "--rank", "--entropy-scale", "--max-error", "--no-refit",
-                         "--round-to", "--svd", "--threads")),
+                         "--round-to", "--whiten", "--svd", "--threads")),
     ("Data", DATA_SYNTAX, ("--eval", "--eval-samples", "--calib", "--calib-samples")),
     ("Budget mode (search the ranks for one target)", "",
      ("--max-accuracy-drop", "--eval-split", "--target-params", "--target-size", "--allocation", "--confidence")),
@@ -166,12 +166,17 @@ HELP_GROUPS = (
 @click.option("--svd", "svd_mode", type=click.Choice(["auto", "exact"]), default="auto",
               help="auto: a seeded randomized SVD where the rank is well below a large layer's full rank "
                    "(min(in, out) > 1024), exact float64 elsewhere; exact: always exact (slow on large layers).")
+@click.option("--whiten", is_flag=True,
+              help="Rank and factor with the activation-whitened spectrum (SVD of W·L, L the Cholesky factor of the "
+                   "layer's input second moment, as SVD-LLM) for every policy; needs --calib. On all-MiniLM-L6-v2 "
+                   "at 2x fewer Linear parameters: embedding cosine 0.74 instead of 0.39 (docs/transformers.md).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress, no tables.")
 def build(model: Path, target_text: str, out: Path, name: str | None, input_shape: str | None,
           input_texts: tuple[str, ...], seq: int | None, quality_output: str | None, factory: str | None,
           allow_pickle: bool, policy: str, threshold: float, rank: int, scale: float, max_error: float, no_refit: bool,
           exclude: str | None, compress_head: bool, opset: int, no_simplify: bool, eval_data: str | None, eval_samples: int | None,
-          verify_samples: int, atol: float, rtol: float, calib_data: str | None, calib_samples: int | None, build_threads: int, svd_mode: str,
+          verify_samples: int, atol: float, rtol: float, calib_data: str | None, calib_samples: int | None,
+          build_threads: int, svd_mode: str, whiten: bool,
           max_accuracy_drop: float | None, eval_split: str | None, target_params: float | None,
           target_size_text: str | None, round_to: int, allocation: str, confidence: float, finetune_data: str | None, train_data: str | None,
           epochs: int | None, distill_weight: float, quantize: str | None, int8_agreement: float, batch: int, seed: int,
@@ -214,7 +219,7 @@ def build(model: Path, target_text: str, out: Path, name: str | None, input_shap
         eval_split=eval_split, target_params=target_params, target_size=parse_size(target_size_text),
         round_to=round_to, allocation=allocation, confidence=confidence, finetune_data=finetune_data, train_data=train_data, epochs=epochs,
         distill_weight=distill_weight, training=training, quantize=quantize, int8_min_agreement=int8_agreement, batch=batch,
-        threads=build_threads, svd=svd_mode,
+        threads=build_threads, svd=svd_mode, whiten=whiten,
     )
     if policy == "ddlr-convex" and not quiet:
         console.print("[yellow]note[/]: ddlr-convex solves a convex program per layer (ADMM, up to 1,000 "
