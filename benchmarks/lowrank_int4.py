@@ -22,7 +22,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from peers import MNIST, REPO, run_timed, uptime  # noqa: E402
+from peers import MNIST, REPO, run_timed, uptime, write_results  # noqa: E402
 
 ROLES = ("dense", "compressed", "int8", "int4")
 
@@ -103,8 +103,6 @@ def main() -> None:
     parser.add_argument("--mnist-dir", type=Path, default=MNIST)
     parser.add_argument("--runs", type=int, default=300, help="timed interleaved rounds")
     args = parser.parse_args()
-    from edgecompress import provenance
-
     load_before = uptime()
     with tempfile.TemporaryDirectory(prefix="lowrank-int4-") as tmp:
         folder = Path(tmp)
@@ -116,13 +114,8 @@ def main() -> None:
         size = timed_build(pt2, folder / "size", args.mnist_dir, ["--target-size", f"{dense_bytes // 100}B"])
         runs["size"] = summary(size)
         rows = latency(folder / "size", size["record"], args.mnist_dir, args.runs)
-    result = {"command": " ".join(["python", *sys.argv]), "load_before": load_before, "load_after": uptime(),
-              "dense_bytes": dense_bytes, "target_bytes": dense_bytes // 100, "runs": runs, "latency": rows,
-              "provenance": provenance.collect()}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    args.out.with_suffix(".md").write_text(markdown(result))
-    print(markdown(result))
+    write_results(args.out, {"load_before": load_before, "dense_bytes": dense_bytes, "target_bytes": dense_bytes // 100,
+                             "runs": runs, "latency": rows}, markdown)
 
 
 if __name__ == "__main__":

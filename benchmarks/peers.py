@@ -222,6 +222,18 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def write_results(out: Path, result: dict[str, Any], render: Any) -> None:
+    """``out`` (JSON, with the command, load after and provenance added) and its Markdown beside it; prints it."""
+    from edgecompress import provenance
+
+    result = {"command": " ".join(["python", *sys.argv]), **result, "load_after": uptime(),
+              "provenance": provenance.collect()}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    out.with_suffix(".md").write_text(render(result))
+    print(render(result))
+
+
 def uptime() -> str:
     return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip().split("load average:")[-1].strip()
 
@@ -241,7 +253,6 @@ def main() -> None:
         return
     if args.out is None:
         parser.error("--out is required")
-    from edgecompress import provenance
 
     peers = args.peers.split(",")
     load_before = uptime()
@@ -268,12 +279,7 @@ def main() -> None:
     for row in rows:
         if row.get("file"):
             row["file"] = Path(row["file"]).name
-    result = {"command": " ".join(["python", *sys.argv]), "load_before": load_before, "load_after": uptime(),
-              "dense": dense, "rows": rows, "provenance": provenance.collect()}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    args.out.with_suffix(".md").write_text(markdown(result))
-    print(markdown(result))
+    write_results(args.out, {"load_before": load_before, "dense": dense, "rows": rows}, markdown)
 
 
 if __name__ == "__main__":
