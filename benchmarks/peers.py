@@ -269,8 +269,11 @@ def main() -> None:
         if "nncf" in peers:
             low_rank = next((r["file"] for r in rows if r.get("file", "").endswith(".onnx") and r["tool"] == "edgecompress"
                              and "[compressed]" in r["method"]), str(work / "dense.onnx"))
-            rows += worker("NNCF", args.envs / "nncf" / "bin" / "python", "nncf_worker.py",
-                           [str(work / "dense.onnx"), low_rank], work)
+            low_rank_params = next((r["linear_params"] for r in rows if r.get("file") == low_rank), DENSE_PARAMS)
+            for row in worker("NNCF", args.envs / "nncf" / "bin" / "python", "nncf_worker.py",
+                              [str(work / "dense.onnx"), low_rank], work):
+                row.setdefault("linear_params", DENSE_PARAMS if row["method"].endswith("on dense") else low_rank_params)
+                rows.append(row)
         if "tensorly" in peers:
             rows += worker("tensorly", args.envs / "tensorly" / "bin" / "python", "tensorly_worker.py", ["0.065"], work)
         if "aimet" in peers:

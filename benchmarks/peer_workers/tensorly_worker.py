@@ -12,15 +12,12 @@ import torch
 
 from common import accuracy, attempt, emit, export, reference_mlp, split
 
-SHAPES = {784: (28, 28), 1024: (32, 32)}
-
 
 def factorize(model: torch.nn.Sequential, factorization: str, rank: float) -> torch.nn.Sequential:
     for index in (0, 2):
         layer = model[index]
-        model[index] = tltorch.FactorizedLinear.from_linear(
-            layer, in_tensorized_features=SHAPES[layer.in_features], out_tensorized_features=SHAPES[layer.out_features],
-            factorization=factorization, rank=rank)
+        # defaults otherwise: auto-tensorized 3-way shapes, implementation="reconstructed"
+        model[index] = tltorch.FactorizedLinear.from_linear(layer, factorization=factorization, rank=rank)
     return model
 
 
