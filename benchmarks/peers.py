@@ -56,13 +56,20 @@ USER_CODE = {
 }
 
 
+TORCHVISION_STUBS = ("datasets", "transforms", "models", "ops")
+
+
 def stub_torchvision(env: Path) -> Path:
     """An empty ``torchvision`` package in ``env``'s site-packages (AIMET imports it at module level)."""
     site = next((env / "lib").glob("python3*/site-packages"))
     package = site / "torchvision"
     package.mkdir(exist_ok=True)
     (package / "__init__.py").write_text('"""Stub: aimet-torch imports torchvision; the MLP never uses it."""\n'
-                                         '__version__ = "0.0.0+stub"\n')
+                                         '__version__ = "0.0.0+stub"\n'
+                                         f'from . import {", ".join(TORCHVISION_STUBS)}\n')
+    for name in TORCHVISION_STUBS:  # what aimet_torch imports from torchvision at module level
+        (package / f"{name}.py").write_text('"""Stub: any name is an empty placeholder class."""\n\n\n'
+                                            'def __getattr__(name):\n    return type(name, (), {})\n')
     return package
 
 

@@ -1,5 +1,6 @@
 """AIMET 2.42 weight SVD, auto mode (greedy per-layer compression-ratio selection, memory cost) on the reference MLP,
-the classifier head compressible ("head in") or ignored ("head out"), at several targets. The greedy search's per-layer
+the classifier head compressible ("head in", AIMET's default: first target only) or ignored ("head out", every target);
+AIMET_CANDIDATES (default 10) compression-ratio candidates per layer. The greedy search's per-layer
 evaluation table is computed once per head setting and reused across targets (AIMET's saved_eval_scores_dict), as a
 user would. Runs in /work/envs/aimet (aimet-torch imports torchvision; a stub package stands in for it there, see
 peers.py: a real torchvision wheel would replace torch with a CUDA build).
@@ -25,7 +26,7 @@ def cpu_s() -> float:
 
 
 def compress(work: Path, target: float, head_in: bool, candidates: int, table: Path) -> tuple[torch.nn.Module, object]:
-    from aimet_common.defs import CompressionScheme, CostMetric, GreedySelectionParameters
+    from aimet_common.defs import CompressionScheme, CostMetric, GreedySelectionParameters, RankSelectScheme
     from aimet_torch.compress import ModelCompressor
     from aimet_torch.defs import WeightSvdParameters
 
@@ -39,7 +40,8 @@ def compress(work: Path, target: float, head_in: bool, candidates: int, table: P
                                        saved_eval_scores_dict=str(table) if table.exists() else None)
     ignore = [] if head_in else [model[4]]
     params = WeightSvdParameters(WeightSvdParameters.Mode.auto,
-                                 WeightSvdParameters.AutoModeParams(greedy, modules_to_ignore=ignore))
+                                 WeightSvdParameters.AutoModeParams(RankSelectScheme.greedy, greedy,
+                                                                    modules_to_ignore=ignore))
     return ModelCompressor.compress_model(model, eval_callback=evaluate, eval_iterations=1, input_shape=(1, 784),
                                           compress_scheme=CompressionScheme.weight_svd, cost_metric=CostMetric.memory,
                                           parameters=params)
@@ -47,12 +49,12 @@ def compress(work: Path, target: float, head_in: bool, candidates: int, table: P
 
 def main() -> None:
     work, targets = Path(sys.argv[1]), [float(t) for t in sys.argv[2].split(",")]
-    candidates = int(os.environ.get("AIMET_CANDIDATES", "20"))
+    candidates = int(os.environ.get("AIMET_CANDIDATES", "10"))
     test_x, test_y = split(work, "test")
     rows = []
     for head_in in (True, False):
         table = work / f"aimet-eval-table-head-{'in' if head_in else 'out'}.pkl"
-        for target in targets:
+        for target in targets if not head_in else targets[:1]:  # head in: AIMET's default, at the first target
             label = f"AIMET weight SVD greedy target {target} head {'in' if head_in else 'out'}"
 
             def run(row: dict, target: float = target, head_in: bool = head_in, table: Path = table) -> None:
@@ -68,7 +70,7 @@ def main() -> None:
                 row["torch_accuracy"] = accuracy(compressed, test_x, test_y)
                 row["file"] = export(compressed, work / f"aimet-{target}-head-{'in' if head_in else 'out'}.onnx").name
 
-            row = attempt({"method": label}, run)
+            row = attempt({"method": label, "candidates": candidates}, run)
             rows.append(row)
     emit(rows)
 
