@@ -76,16 +76,30 @@ def load_model(path: str | Path) -> "onnx.ModelProto":
 
 def count_params(model: "onnx.ModelProto") -> int:
     """Parameters: elements of floating-point initializers plus 8/4-bit integer (quantized weight)
-    initializers. int32/int64 initializers (shapes, indices) are not parameters."""
+    initializers (a MatMulNBits weight counts its K x N, not its packed bytes). int32/int64
+    initializers (shapes, indices) are not parameters."""
     kinds = _float_types() | _weight_int_types()
+    packed = _nbits_weights(model)
     total = 0
     for init in model.graph.initializer:
-        if init.data_type in kinds:
+        if init.name in packed:
+            total += packed[init.name]
+        elif init.data_type in kinds:
             size = 1
             for d in init.dims:
                 size *= int(d)
             total += size
     return total
+
+
+def _nbits_weights(model: "onnx.ModelProto") -> dict[str, int]:
+    """Packed 4-bit weights of MatMulNBits nodes (uint8, two per byte) -> their K x N parameters."""
+    counts = {}
+    for node in model.graph.node:
+        if node.op_type == "MatMulNBits" and len(node.input) > 1:
+            attrs = {a.name: a.i for a in node.attribute}
+            counts[node.input[1]] = attrs.get("K", 0) * attrs.get("N", 0)
+    return counts
 
 
 def ops_by_type(model: "onnx.ModelProto") -> dict[str, int]:

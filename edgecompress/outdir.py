@@ -25,7 +25,7 @@ from typing import Iterable, Iterator
 from edgecompress.errors import InputError
 
 STAGING_PREFIX = ".edgecompress-"  # older releases used .edgecompress-XXXX too: those are cleaned up as well
-ARTIFACT_SUFFIXES = (".onnx", ".dense.onnx", ".int8.onnx", ".tflite", ".dense.tflite", ".int8.tflite")
+ARTIFACT_SUFFIXES = (".onnx", ".dense.onnx", ".int8.onnx", ".int4.onnx", ".tflite", ".dense.tflite", ".int8.tflite")
 RECORD_FILES = ("build.json", "bench.json")
 
 

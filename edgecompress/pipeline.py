@@ -85,6 +85,7 @@ class BuildConfig:
     quantize: str | None = None
     batch: int = 1
     int8_min_agreement: float = int8_export.INT8_MIN_AGREEMENT
+    int4_min_agreement: float = int8_export.INT4_MIN_AGREEMENT
     threads: int = 1  # torch and onnxruntime threads of the build (SVD, export, verification)
     whiten: bool = False  # every policy ranks/factors the activation-whitened spectrum (needs --calib)
     svd: str = "auto"  # auto: randomized where the rank is well below a large layer's full rank; exact: always exact
@@ -246,11 +247,17 @@ def _validation_split(config: BuildConfig, io: ModelIO) -> Dataset | None:
     return data
 
 
+def size_measured_kind(config: BuildConfig) -> str | None:
+    """Which file ``--target-size`` measures: the int4 one with --quantize int4, else the int8 one, else fp32."""
+    kinds = int8_export.quantize_kinds(config.quantize)
+    return next((kind for kind in ("int4", "int8", "int8-static") if kind in kinds), None)
+
+
 def size_measure(config: BuildConfig, io: ModelIO | tuple[int, ...],
                  calibration: Batch | None) -> Callable[[nn.Module], int]:
     """What ``--target-size`` is about: bytes of a candidate exported (and simplified) as the build
-    writes it, quantized the build's way with ``--quantize int8`` (static with ``calibration``)."""
-    quantize = config.quantize == "int8"
+    writes it, quantized the build's way (:func:`size_measured_kind`; int8-static with ``calibration``)."""
+    kind = size_measured_kind(config)
 
     def size_of(model: nn.Module) -> int:
         with tempfile.TemporaryDirectory(prefix="edgecompress-size-") as folder:
@@ -258,13 +265,20 @@ def size_measure(config: BuildConfig, io: ModelIO | tuple[int, ...],
             onnx_export.export_onnx(model, io, path, opset=config.opset)
             if config.simplify:
                 onnx_export.simplify_onnx(path)
-            if quantize:
-                quantized = Path(folder) / "candidate.int8.onnx"
-                int8_export.quantize_onnx(path, quantized, calibration=calibration)
+            if kind is not None:
+                quantized = Path(folder) / f"candidate.{kind}.onnx"
+                quantize_file(kind, path, quantized, calibration)
                 path = quantized
             return path.stat().st_size
 
     return size_of
+
+
+def quantize_file(kind: str, source: Path, target: Path, calibration: Batch | None) -> int8_export.QuantScheme:
+    """One --quantize kind of an fp32 ONNX file: int4 (MatMulNBits), int8 (dynamic) or int8-static (QDQ)."""
+    if kind == "int4":
+        return int8_export.quantize_onnx_int4(source, target)
+    return int8_export.quantize_onnx(source, target, calibration=calibration if kind == "int8-static" else None)
 
 
 def layer_statistics(model: nn.Module, data: Dataset, names: list[str], *, keep_inputs: int = 0,
@@ -306,15 +320,17 @@ def kept_dense(model: nn.Module, io: ModelIO, config: BuildConfig) -> dict[str, 
 
 def _check_calibration(config: BuildConfig) -> None:
     """--calib is given exactly when something uses it (a data policy, budget mode, static int8)."""
-    if config.policy.needs_calibration and config.calib_data is None:
-        raise InputError(f"--policy {config.policy.name} needs calibration data: add --calib DATA "
+    static = "int8-static" in int8_export.quantize_kinds(config.quantize)
+    if (config.policy.needs_calibration or static) and config.calib_data is None:
+        needs = "--quantize int8-static" if static else f"--policy {config.policy.name}"
+        raise InputError(f"{needs} needs calibration data: add --calib DATA "
                          "(an .npz, an MNIST-style folder such as mnist:train, or digits:train)")
     if config.whiten and config.calib_data is None:
         raise InputError("--whiten needs calibration data: add --calib DATA (the layer inputs it whitens)")
-    if config.calib_data is not None and not (config.policy.needs_calibration or config.budget or config.quantize
+    if config.calib_data is not None and not (config.policy.needs_calibration or config.budget or static
                                               or config.whiten):
         raise InputError(f"--calib is not used by --policy {config.policy.name}: it feeds --policy data/ddlr-convex, "
-                         "--whiten, budget mode and --quantize int8; drop it or use one of those")
+                         "--whiten, budget mode and --quantize int8-static; drop it or use one of those")
 
 
 def _compress_stage(config: BuildConfig, model: nn.Module, io: ModelIO, calib: Dataset | None,
@@ -351,7 +367,8 @@ def _compress_stage(config: BuildConfig, model: nn.Module, io: ModelIO, calib: D
         compressed, plan = result.model, result.plan
         record["search"] = result.record
         if budget.target_size is not None:
-            record["search"]["budget"]["measures"] = "int8 ONNX" if config.quantize == "int8" else "ONNX"
+            kind = size_measured_kind(config)
+            record["search"]["budget"]["measures"] = "ONNX" if kind is None else f"{kind} ONNX"
     if "calibration" in record:
         record["calibration"]["relative_error"] = data_errors(context, plan.ranks)
     if "ddlr_convex" in context.extras:
@@ -451,10 +468,12 @@ def _export_verified(model: nn.Module, role: str, path: Path, config: BuildConfi
 
 
 def _int8_checks(checks: list[Check], calibration: Batch | None, config: BuildConfig, io: ModelIO,
-                 compressed: nn.Module) -> tuple[list[Check], list[Tolerance]]:
-    """int8's inputs and bounds (export/quantize.py's rules), with the fp32 compressed model's outputs."""
+                 compressed: nn.Module, agreement: float | None = None) -> tuple[list[Check], list[Tolerance]]:
+    """int8's (and int4's) inputs and bounds (export/quantize.py's rules), with the fp32 compressed model's outputs;
+    ``calibration`` only for static int8, ``agreement`` (default --int8-agreement) on data inputs."""
     plain = int8_export.int8_checks([(c.inputs, c.description) for c in checks],
-                                    calibration if io.single else None, config.int8_min_agreement,
+                                    calibration if io.single else None,
+                                    config.int8_min_agreement if agreement is None else agreement,
                                     min(config.verify_samples, num_samples(checks[0].inputs)))
     known = {id(c.inputs): c for c in checks}
     result = [known[id(x)] if id(x) in known else _checks([(x, d)], {"compressed": compressed}, io)[0]
@@ -462,46 +481,52 @@ def _int8_checks(checks: list[Check], calibration: Batch | None, config: BuildCo
     return result, [tolerance for _, _, tolerance in plain]
 
 
-def _int8_onnx(compressed: nn.Module, plan: CompressionPlan, config: BuildConfig, calibration: Batch | None,
-               staging: Path, checks: list[Check], io: ModelIO, timings: _Timings,
-               progress: Progress | None) -> dict[str, Any]:
-    """--quantize int8 of the compressed ONNX (static QDQ with --calib), guarded and verified against fp32 torch."""
-    path = staging / f"{config.stem}.int8.onnx"
-    with timings.stage("quantize_int8", progress):
-        scheme = int8_export.quantize_onnx(staging / f"{config.stem}.onnx", path,
-                                           calibration=calibration if io.single else None)
-        onnx_export.check_factors_kept(path, plan, where=f"{path.name} (int8)",
-                                       other=coverage.non_linear_matrices(compressed))
-    with timings.stage("verify_int8", progress):
-        int8_checks, tolerances = _int8_checks(checks, calibration, config, io, compressed)
+def _quantized_onnx(kind: str, compressed: nn.Module, plan: CompressionPlan, config: BuildConfig,
+                    calibration: Batch | None, staging: Path, checks: list[Check], io: ModelIO, timings: _Timings,
+                    progress: Progress | None) -> dict[str, Any]:
+    """--quantize int8 / int8-static / int4 of the compressed ONNX, guarded and verified against fp32 torch
+    (top-1 agreement >= --int8-agreement / --int4-agreement on data inputs)."""
+    bits = "int4" if kind == "int4" else "int8"
+    path = staging / f"{config.stem}.{bits}.onnx"
+    static = calibration if kind == "int8-static" and io.single else None
+    with timings.stage(f"quantize_{bits}", progress):
+        scheme = quantize_file(kind, staging / f"{config.stem}.onnx", path, static)
+        int8_export.check_quantized_factors(path, plan, where=f"{path.name} ({kind})",
+                                            other=coverage.non_linear_matrices(compressed))
+    agreement = config.int4_min_agreement if kind == "int4" else config.int8_min_agreement
+    with timings.stage(f"verify_{bits}", progress):
+        int8_checks, tolerances = _int8_checks(checks, static, config, io, compressed, agreement)
         verifications = _verifications(path, "compressed", int8_checks, tolerances, io)
     return {"path": path.name, "format": "onnx", "quantization": scheme.to_json(), **onnx_export.onnx_facts(path),
             "verification": verifications}
 
 
 def _tflite_artifacts(dense: nn.Module, compressed: nn.Module, plan: CompressionPlan, config: BuildConfig,
-                      io: ModelIO, staging: Path, checks: list[Check],
+                      io: ModelIO, staging: Path, checks: list[Check], calibration: Batch | None,
                       timings: _Timings, progress: Progress | None) -> dict[str, Any]:
-    """--target tflite: dense and compressed .tflite (and int8 with --quantize), batch fixed at --batch."""
+    """--target tflite: dense and compressed .tflite (and int8 with --quantize int8 / int8-static, the latter
+    full-integer from ``calibration``), batch fixed at --batch. int4 is ONNX-only."""
     input_shape = io.input_shape
     jobs = [("dense_tflite", "dense", dense, f"{config.stem}.dense.tflite", None),
             ("tflite", "compressed", compressed, f"{config.stem}.tflite", plan)]
-    if config.quantize == "int8":
+    int8_kind = next((kind for kind in int8_export.quantize_kinds(config.quantize) if kind.startswith("int8")), None)
+    static = calibration if int8_kind == "int8-static" else None
+    if int8_kind is not None:
         jobs.append(("int8_tflite", "compressed", compressed, f"{config.stem}.int8.tflite", plan))
     artifacts: dict[str, Any] = {}
     for role, source, model, filename, model_plan in jobs:
         path, extra = staging / filename, {}
         with timings.stage(f"convert_{role}", progress):
             if role == "int8_tflite":
-                extra["quantization"] = int8_export.convert_tflite_int8(model, input_shape, path,
-                                                                        batch=config.batch).to_json()
+                extra["quantization"] = int8_export.convert_tflite_int8(model, input_shape, path, batch=config.batch,
+                                                                        calibration=static).to_json()
             else:
                 tflite_export.convert_tflite(model, input_shape, path, batch=config.batch)
             if model_plan is not None:
                 tflite_export.check_tflite_factors(path, model_plan, where=f"{filename} (litert-torch)")
         with timings.stage(f"verify_{role}", progress):
             if role == "int8_tflite":
-                role_checks, tolerances = _int8_checks(checks, None, config, io, compressed)
+                role_checks, tolerances = _int8_checks(checks, static, config, io, compressed)
             else:
                 role_checks, tolerances = checks, [config.tolerance] * len(checks)
             verifications = _verifications(path, source, role_checks, tolerances, io)
@@ -576,8 +601,10 @@ def _check_targets(config: BuildConfig) -> None:
         tflite_export.require_converter()
         if config.batch < 1:
             raise InputError(f"--batch must be at least 1, got {config.batch}")
-    if not 0.0 <= config.int8_min_agreement <= 1.0:
-        raise InputError(f"--int8-agreement must be between 0 and 1, got {config.int8_min_agreement}")
+    for flag, value in (("--int8-agreement", config.int8_min_agreement), ("--int4-agreement", config.int4_min_agreement)):
+        if not 0.0 <= value <= 1.0:
+            raise InputError(f"{flag} must be between 0 and 1, got {value}")
+    int8_export.quantize_kinds(config.quantize)
     outdir.refuse_input_overwrite(config.out, outdir.check_stem(config.stem), config.model)
 
 
@@ -649,12 +676,13 @@ def _build(config: BuildConfig, folder: outdir.OutputFolder, progress: Progress 
         for role, model, filename, model_plan in onnx_roles if "onnx" in config.targets else ():
             artifacts[role] = _export_verified(model, role, staging / filename, config, io,
                                                model_plan, checks, timings, progress)
-        if config.quantize == "int8" and "onnx" in config.targets:
-            artifacts["int8"] = _int8_onnx(compressed, plan, config, None if calib is None else calib.x, staging,
-                                           checks, io, timings, progress)
+        for kind in int8_export.quantize_kinds(config.quantize) if "onnx" in config.targets else ():
+            artifacts["int4" if kind == "int4" else "int8"] = _quantized_onnx(
+                kind, compressed, plan, config, None if calib is None else calib.x, staging, checks, io, timings,
+                progress)
         if "tflite" in config.targets:
             artifacts.update(_tflite_artifacts(loaded.module, compressed, plan, config, io, staging, checks,
-                                               timings, progress))
+                                               None if calib is None else calib.x, timings, progress))
         if eval_data is not None:
             with timings.stage("eval", progress):
                 for role in artifacts:

@@ -1,4 +1,5 @@
-"""int8 ONNX on top of low rank: dynamic (weight-only) and static (QDQ), and its verification bounds.
+"""int8 ONNX on top of low rank: dynamic (weight-only) and static (QDQ), and its verification bounds;
+int4 (MatMulNBits) ONNX: block sizes, packing, verification, refold guard, bench and check.
 TFLite int8 is tested in test_tflite.py (it needs the [tflite] extra)."""
 
 from __future__ import annotations
@@ -12,10 +13,14 @@ import pytest
 import torch
 from onnx import numpy_helper
 
+from edgecompress.bench import run_benchmark
+from edgecompress.cli import main as cli_main
 from edgecompress.data import load_dataset
-from edgecompress.errors import InputError, VerificationError
+from edgecompress.errors import InputError, RefoldError, VerificationError
+from edgecompress.export.int4 import block_size_for, packed_bytes, quantize_model_int4, quantize_weight
 from edgecompress.export.onnx import initializer_shapes
-from edgecompress.export.quantize import INT8_MIN_AGREEMENT, int8_checks, int8_tolerance, quantize_onnx
+from edgecompress.export.quantize import (INT4_MIN_AGREEMENT, INT8_MIN_AGREEMENT, check_quantized_factors, int8_checks,
+                                          int8_tolerance, quantize_kinds, quantize_onnx, quantize_onnx_int4)
 from edgecompress.export.verify import ort_runner, verify
 from edgecompress.lowrank.policies import UniformPolicy
 from edgecompress.models import digits_mlp, save_exported, train_classifier
@@ -34,7 +39,7 @@ def digits_pt2(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 @pytest.fixture(scope="module")
 def dynamic_build(digits_pt2: Path, tmp_path_factory: pytest.TempPathFactory) -> BuildResult:
     return build(BuildConfig(model=digits_pt2, out=tmp_path_factory.mktemp("dynamic"), policy=UniformPolicy(rank=16),
-                             quantize="int8", eval_data="digits"))
+                             quantize="int8,int4", eval_data="digits"))
 
 
 def quantized_weights(path: Path) -> list[np.ndarray]:
@@ -64,7 +69,7 @@ def test_dynamic_int8_weights_are_int8_in_factor_shapes(dynamic_build: BuildResu
 
 
 def test_static_int8_quantizes_activations_with_calibration(digits_pt2: Path, tmp_path: Path) -> None:
-    result = build(BuildConfig(model=digits_pt2, out=tmp_path, policy=UniformPolicy(rank=16), quantize="int8",
+    result = build(BuildConfig(model=digits_pt2, out=tmp_path, policy=UniformPolicy(rank=16), quantize="int8-static",
                                calib_data="digits:val", calib_samples=200, eval_data="digits"))
     int8 = result.record["artifacts"]["int8"]
     assert int8["quantization"]["mode"] == "static" and int8["quantization"]["calibration_samples"] == 200
@@ -104,3 +109,112 @@ def test_int8_agreement_bound_is_validated(digits_pt2: Path, tmp_path: Path) -> 
     with pytest.raises(InputError, match="--int8-agreement"):
         build(BuildConfig(model=digits_pt2, out=tmp_path / "o", quantize="int8", int8_min_agreement=1.5))
     assert not (tmp_path / "o").exists()
+
+
+def test_calib_with_plain_int8_is_refused_static_is_explicit(digits_pt2: Path, tmp_path: Path) -> None:
+    """--calib no longer silently turns --quantize int8 into static int8: int8-static says so, and needs --calib."""
+    with pytest.raises(InputError, match="int8-static"):
+        build(BuildConfig(model=digits_pt2, out=tmp_path / "a", quantize="int8", calib_data="digits:val"))
+    with pytest.raises(InputError, match="--quantize int8-static needs calibration data"):
+        build(BuildConfig(model=digits_pt2, out=tmp_path / "b", quantize="int8-static"))
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_quantize_kinds_parse_lists_and_refuse_unknown_or_clashing() -> None:
+    assert quantize_kinds(None) == () and quantize_kinds("int8") == ("int8",)
+    assert quantize_kinds("int8, int4,int8") == ("int8", "int4")
+    with pytest.raises(InputError, match="'int3' is not one of"):
+        quantize_kinds("int8,int3")
+    with pytest.raises(InputError, match="both write"):
+        quantize_kinds("int8,int8-static")
+
+
+def test_int4_onnx_runs_is_smaller_than_int8_and_verified(dynamic_build: BuildResult) -> None:
+    artifacts = dynamic_build.record["artifacts"]
+    int4, int8, fp32 = artifacts["int4"], artifacts["int8"], artifacts["compressed"]
+    assert int4["path"] == "digits.int4.onnx" and int4["quantization"]["bits"] == 4
+    assert int4["bytes"] < int8["bytes"] < fp32["bytes"]
+    assert int4["ops"].get("com.microsoft.MatMulNBits") == 5 and "Gemm" not in int4["ops"]  # factors and head
+    assert int4["params"] == fp32["params"] + sum(s.size for s in int4_scales(dynamic_build.artifact("int4")))
+    assert all(check["passed"] for check in int4["verification"])
+    eval_check = next(c for c in int4["verification"] if c["inputs"] == "eval")
+    assert eval_check["top1_agreement"] >= INT4_MIN_AGREEMENT == eval_check["tolerance"]["min_agreement"]
+    assert abs(int4["eval"]["accuracy"] - fp32["eval"]["accuracy"]) <= 0.03
+    blocks = {(layer["K"], layer["N"]): layer["block_size"] for layer in int4["quantization"]["layers"]}
+    assert blocks == {(64, 16): 32, (16, 256): 16, (256, 16): 32, (256, 10): 32}
+
+
+def int4_scales(path: Path) -> list[np.ndarray]:
+    return [numpy_helper.to_array(i) for i in onnx.load(str(path)).graph.initializer if i.name.endswith("_scales")]
+
+
+def test_int4_refold_guard_passes_on_factors_and_catches_a_dense_weight(dynamic_build: BuildResult,
+                                                                         tmp_path: Path) -> None:
+    check_quantized_factors(dynamic_build.artifact("int4"), dynamic_build.plan, where="int4")
+    dense_int4 = tmp_path / "dense.int4.onnx"
+    quantize_onnx_int4(dynamic_build.artifact("dense"), dense_int4)
+    with pytest.raises(RefoldError, match="dense 256x64 weight"):
+        check_quantized_factors(dense_int4, dynamic_build.plan, where="dense int4")
+
+
+@pytest.mark.parametrize("k", [16, 29, 48, 100, 784, 1024])
+def test_block_size_fits_odd_factor_shapes(k: int) -> None:
+    """The chosen block is a power of two >= 16 storing K rows in the fewest bytes; a block dividing K wins
+    over padding unless padding is smaller."""
+    choices = (16, 32, 64)
+    block = block_size_for(k, max_block=64)
+    assert block in choices
+    assert all(packed_bytes(k, 8, block, True) <= packed_bytes(k, 8, other, True) for other in choices)
+    assert (block_size_for(29), block_size_for(784), block_size_for(1024), block_size_for(48)) == (32, 32, 32, 16)
+
+
+@pytest.mark.parametrize("symmetric", [True, False], ids=["symmetric", "asymmetric"])
+@pytest.mark.parametrize("shape", [(29, 37), (50, 3), (784, 20)])
+def test_matmulnbits_computes_with_the_packed_weights(shape: tuple[int, int], symmetric: bool, tmp_path: Path) -> None:
+    """onnxruntime's MatMulNBits on our packing computes x @ (dequantized weight) + bias, and the 4-bit weight
+    is close to the fp32 one, for factor shapes that are not multiples of the block."""
+    rng = np.random.default_rng(0)
+    k, n = shape
+    weight, bias = rng.standard_normal((n, k)).astype(np.float32), rng.standard_normal(n).astype(np.float32)
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Gemm", ["x", "w", "b"], ["y"], name="fc", transB=1)], "g",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["n", k])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["n", n])],
+        [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(bias, "b")])
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 18)])
+    quantized, layers = quantize_model_int4(model, symmetric=symmetric)
+    assert [layer["K"] for layer in layers] == [k] and [i.name for i in quantized.graph.initializer if i.name == "w"] == []
+    path = tmp_path / "q.onnx"
+    onnx.save(quantized, str(path))
+    x = rng.standard_normal((5, k)).astype(np.float32)
+    packed = quantize_weight(weight.T, block_size=layers[0]["block_size"], symmetric=symmetric)
+    expected = x @ packed.dequantized() + bias
+    np.testing.assert_allclose(ort_runner(path)(x), expected, rtol=1e-4, atol=1e-4)
+    error = np.linalg.norm(packed.dequantized() - weight.T) / np.linalg.norm(weight)
+    assert error < 0.15  # 4 bits with MSE-chosen clipping: ~0.1 on Gaussian weights; a wrong scale is ~1
+
+
+def test_bench_and_check_read_int4_files(dynamic_build: BuildResult) -> None:
+    report = run_benchmark([dynamic_build.artifact("compressed"), dynamic_build.artifact("int4")], data="digits",
+                           runs=5, warmup=1, memory=False, progress=False)
+    row = next(r for r in report["results"] if r["model"] == "digits.int4.onnx")
+    assert row["latency_ms"]["p50"] > 0 and row["top1_agreement"] >= INT4_MIN_AGREEMENT
+    assert row["accuracy"] == pytest.approx(dynamic_build.record["artifacts"]["int4"]["eval"]["accuracy"])
+    size = dynamic_build.record["artifacts"]["int4"]["bytes"]
+    out = dynamic_build.out
+    (out / "budgets.toml").write_text(f'[budgets."digits.int4.onnx"]\nmax_size = "{size + 1} B"\nmin_accuracy = 0.5\n')
+    (out / "tight.toml").write_text(f'[budgets."digits.int4.onnx"]\nmax_size = "{size - 1} B"\n')
+    try:
+        assert (check_exit(out, "budgets.toml"), check_exit(out, "tight.toml")) == (0, 1)
+    finally:
+        (out / "budgets.toml").unlink()
+        (out / "tight.toml").unlink()
+
+
+def check_exit(folder: Path, config: str) -> int:
+    """``edgecompress check FOLDER/build.json --config FOLDER/CONFIG`` in-process; its exit code."""
+    try:
+        cli_main(["check", str(folder / "build.json"), "--config", str(folder / config)])
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0

@@ -28,8 +28,8 @@ def reference_pt2(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def reference_build(pt2: Path, out: Path, **options: object) -> BuildResult:
-    return build(BuildConfig(model=pt2, out=out, policy=UniformPolicy(rank=32), quantize="int8",
-                             eval_data=str(MNIST), **options))
+    options = {"quantize": "int8", **options}
+    return build(BuildConfig(model=pt2, out=out, policy=UniformPolicy(rank=32), eval_data=str(MNIST), **options))
 
 
 def accuracy_points(artifact: dict) -> float:
@@ -38,7 +38,8 @@ def accuracy_points(artifact: dict) -> float:
 
 @pytest.mark.parametrize("calib", [None, f"{MNIST}:val"], ids=["dynamic", "static"])
 def test_int8_onnx_targets(reference_pt2: Path, tmp_path: Path, calib: str | None) -> None:
-    artifacts = reference_build(reference_pt2, tmp_path, calib_data=calib).record["artifacts"]
+    artifacts = reference_build(reference_pt2, tmp_path, calib_data=calib,
+                                quantize="int8-static" if calib else "int8").record["artifacts"]
     fp32, int8, dense = artifacts["compressed"], artifacts["int8"], artifacts["dense"]
     assert int8["quantization"]["mode"] == ("static" if calib else "dynamic")
     assert fp32["bytes"] / int8["bytes"] >= 3.5

@@ -162,3 +162,29 @@ def test_build_json_lists_every_artifact(tflite_build: BuildResult) -> None:
     on_disk = json.loads((tflite_build.out / "build.json").read_text())
     assert sorted(p.name for p in tflite_build.out.iterdir()) == sorted(
         [a["path"] for a in on_disk["artifacts"].values()] + ["build.json"])
+
+
+@needs_extra
+def test_static_int8_tflite_is_full_integer_and_agrees(tflite_build: BuildResult, tmp_path: Path) -> None:
+    """--quantize int8-static for TFLite: int8 activations from calibration (int8 graph I/O with scales, which the
+    runner and bench quantize float data with), agreeing with the fp32 model on real data."""
+    from edgecompress.bench.backends import backend_for
+    from edgecompress.export.quantize import convert_tflite_int8
+
+    data = load_dataset("digits")
+    path = tmp_path / "static.int8.tflite"
+    scheme = convert_tflite_int8(tflite_build.model, (1, 64), path, batch=BATCH,
+                                 calibration=load_dataset("digits:val").x[:100])
+    assert scheme.mode == "static" and scheme.calibration_samples == 100
+    graph = tflite_export.read_tflite(path)
+    assert [(t.dtype, t.quantized, t.feed_dtype) for t in graph.inputs] == [("INT8", True, "float32")]
+    activations = [t for t in graph.tensors if not t.constant and t.dtype == "INT8"]
+    assert len(activations) >= 5  # each matmul's output is int8 too, not only the weights
+    with torch.no_grad():
+        expected = tflite_build.model(torch.from_numpy(data.x)).numpy().argmax(1)
+    assert (tflite_export.litert_runner(path)(data.x).argmax(1) == expected).mean() >= INT8_MIN_AGREEMENT
+    backend = backend_for(path)
+    assert backend.inspect().inputs[0].dtype == "float32"
+    backend.load()
+    outputs = backend.run({backend.inspect().inputs[0].name: data.x[:BATCH]})[0]
+    assert outputs.dtype == np.float32 and (outputs.argmax(1) == expected[:BATCH]).mean() >= 0.8

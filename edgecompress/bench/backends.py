@@ -164,7 +164,7 @@ class LiteRTBackend(Backend):
         graph = tflite.read_tflite(self.path)
 
         def specs(tensors: list[tflite.TfliteTensor]) -> tuple[TensorSpec, ...]:
-            return tuple(TensorSpec(t.name, t.shape, t.numpy_dtype) for t in tensors)
+            return tuple(TensorSpec(t.name, t.shape, t.feed_dtype) for t in tensors)
 
         return ModelInfo(path=self.path, format=self.format, bytes=self.path.stat().st_size,
                          params=tflite.weight_params(graph.tensors), inputs=specs(graph.inputs),
@@ -185,15 +185,21 @@ class LiteRTBackend(Backend):
             raise InputError(f"LiteRT cannot load {self.path}: {_first_line(exc)}") from exc
         self._inputs = {t.name: t.index for t in graph.inputs}
         self._outputs = [t.index for t in graph.outputs]
+        details = self._interpreter.get_input_details() + self._interpreter.get_output_details()
+        self._details = {d["index"]: d for d in details}  # quantization of full-integer (static int8) I/O
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        from edgecompress.export import tflite
+
         if self._interpreter is None:
             raise RuntimeError("LiteRTBackend.run() before load()")
         try:
             for name, array in feeds.items():
-                self._interpreter.set_tensor(self._inputs[name], array)
+                index = self._inputs[name]
+                self._interpreter.set_tensor(index, tflite.to_tensor(array, self._details[index]))
             self._interpreter.invoke()
-            return [self._interpreter.get_tensor(index) for index in self._outputs]
+            return [tflite.from_tensor(self._interpreter.get_tensor(index), self._details[index])
+                    for index in self._outputs]
         except KeyError as exc:
             raise InputError(f"{self.path.name} has no input {exc}; its inputs are {', '.join(self._inputs)}") from exc
         except Exception as exc:  # a shape that is not the file's fixed shape

@@ -77,7 +77,7 @@ HELP_GROUPS = (
      ("--finetune", "--train", "--epochs", "--distill-weight", "--val", "--lr", "--train-batch", "--temperature",
       "--train-threads", "--finetune-epochs", "--sparsity", "--lambda-orth", "--lambda-sparsity", "--prune-energy")),
     ("Targets and quantization", "", ("--target", "--opset", "--no-simplify", "--quantize", "--int8-agreement",
-                                      "--batch")),
+                                      "--int4-agreement", "--batch")),
     ("Verification", "", ("--verify-samples", "--atol", "--rtol", "--seed")),
     ("Output", "", ("--out", "--name", "--json", "--bench", "--quiet", "--help")),
 )
@@ -117,14 +117,14 @@ HELP_GROUPS = (
 @click.option("--verify-samples", type=int, default=256, help="Random inputs used for verification.")
 @click.option("--atol", type=float, default=1e-4, help="Verification: absolute tolerance.")
 @click.option("--rtol", type=float, default=1e-3, help="Verification: tolerance relative to the largest output.")
-@click.option("--calib", "calib_data", default=None, metavar="DATA", help="Calibration data for data-driven ranks / static int8.")
+@click.option("--calib", "calib_data", default=None, metavar="DATA", help="Calibration data for data-driven ranks / --quantize int8-static.")
 @click.option("--calib-samples", type=int, default=None,
               help="Calibration samples.  [default: 1024, or the widest compressed layer's inputs rounded up to 256]")
 @click.option("--max-accuracy-drop", type=float, default=None, help="Budget mode: max accuracy drop in points on --eval-split.")
 @click.option("--eval-split", default=None, metavar="DATA", help="Budget mode: validation data (never the test set).")
 @click.option("--target-params", type=float, default=None, help="Budget mode: fraction of the compressible Linear layers' parameters to keep, e.g. 0.05 = 5% "
                    "(the dense head and --exclude'd layers are not counted).")
-@click.option("--target-size", "target_size_text", default=None, help="Budget mode: max compressed ONNX file size (the int8 file with --quantize int8), e.g. '400 KB'.")
+@click.option("--target-size", "target_size_text", default=None, help="Budget mode: max compressed ONNX file size (the int4 file with --quantize int4, else the int8 one), e.g. '400 KB'.")
 @click.option("--round-to", type=int, default=1, help="Round ranks up to a multiple of K.")
 @click.option("--allocation", type=click.Choice(["auto", "threshold", "sensitivity"]), default="auto",
               help="Budget mode: share ranks by one error threshold, or by measured output sensitivity (needs "
@@ -152,9 +152,12 @@ HELP_GROUPS = (
               help="svd-training: weight of the sparsity term.  [default: 0.3]")
 @click.option("--prune-energy", type=float, default=None,
               help="svd-training: prune each layer keeping energy >= 1 - e of sum(s^2).  [default: 0.1]")
-@click.option("--quantize", type=click.Choice(["int8"]), default=None,
-              help="Also write <name>.int8.onnx (weight-only dynamic; static QDQ with --calib) / <name>.int8.tflite (dynamic range).")
+@click.option("--quantize", default=None, metavar="KINDS",
+              help="Also write quantized files; one or a list of: int8 (<name>.int8.onnx weight-only dynamic, "
+                   "<name>.int8.tflite dynamic range), int8-static (the same names, activations too, needs --calib), "
+                   "int4 (<name>.int4.onnx, 4-bit block-wise weights, ONNX only). E.g. --quantize int8,int4.")
 @click.option("--int8-agreement", type=float, default=0.98, help="int8: min top-1 agreement with the fp32 model on data inputs.")
+@click.option("--int4-agreement", type=float, default=0.95, help="int4: min top-1 agreement with the fp32 model on data inputs.")
 @click.option("--batch", type=int, default=1, help="TFLite: batch size fixed in the .tflite at conversion.")
 @click.option("--seed", type=int, default=0, help="Seed for random inputs and training.")
 @click.option("--json", "json_out", default=None, help="Write build.json's content to FILE ('-' for stdout).")
@@ -179,14 +182,16 @@ def build(model: Path, target_text: str, out: Path, name: str | None, input_shap
           build_threads: int, svd_mode: str, whiten: bool,
           max_accuracy_drop: float | None, eval_split: str | None, target_params: float | None,
           target_size_text: str | None, round_to: int, allocation: str, confidence: float, finetune_data: str | None, train_data: str | None,
-          epochs: int | None, distill_weight: float, quantize: str | None, int8_agreement: float, batch: int, seed: int,
+          epochs: int | None, distill_weight: float, quantize: str | None, int8_agreement: float, int4_agreement: float,
+          batch: int, seed: int,
           json_out: str | None, run_bench: bool, quiet: bool, **training_flags: float | int | str | None) -> None:
     """Compress MODEL's Linear layers and export dense + compressed ONNX, verified.
 
     MODEL is a torch.export program (.pt2), a state_dict (.pt or .safetensors, with --factory), a
     local Hugging Face model folder (config.json + weights; sentence-transformers pooling when it has
     modules.json), or a pickled module (.pt, with --allow-pickle). Writes <name>.onnx, <name>.dense.onnx and build.json
-    (--target tflite: <name>.tflite, <name>.dense.tflite; --quantize int8: <name>.int8.onnx/.tflite).
+    (--target tflite: <name>.tflite, <name>.dense.tflite; --quantize int8: <name>.int8.onnx/.tflite;
+    --quantize int4: <name>.int4.onnx).
 
     \b
     Examples:
@@ -197,7 +202,8 @@ def build(model: Path, target_text: str, out: Path, name: str | None, input_shap
       edgecompress build bert.pt --factory m:make --input input_ids:batch=1,seq=64:int64 --input mask:batch=1,seq=64:int64
       edgecompress build model.pt2 --policy data --calib train.npz --max-error 0.05
       edgecompress build model.pt2 --policy data --calib mnist:train --max-accuracy-drop 0.5 --eval-split mnist:val
-      edgecompress build model.pt2 --target onnx,tflite --quantize int8 --calib ../shared/datasets/mnist:val
+      edgecompress build model.pt2 --target onnx,tflite --quantize int8-static --calib ../shared/datasets/mnist:val
+      edgecompress build model.pt2 --quantize int8,int4 --target-size "74 KB" --eval-split mnist:val
     """
     precheck(model, out)  # before torch loads (tens of seconds on a busy machine)
     from edgecompress.export.verify import Tolerance
@@ -218,7 +224,8 @@ def build(model: Path, target_text: str, out: Path, name: str | None, input_shap
         calib_data=calib_data, calib_samples=calib_samples, max_accuracy_drop=max_accuracy_drop,
         eval_split=eval_split, target_params=target_params, target_size=parse_size(target_size_text),
         round_to=round_to, allocation=allocation, confidence=confidence, finetune_data=finetune_data, train_data=train_data, epochs=epochs,
-        distill_weight=distill_weight, training=training, quantize=quantize, int8_min_agreement=int8_agreement, batch=batch,
+        distill_weight=distill_weight, training=training, quantize=quantize, int8_min_agreement=int8_agreement,
+        int4_min_agreement=int4_agreement, batch=batch,
         threads=build_threads, svd=svd_mode, whiten=whiten,
     )
     if policy == "ddlr-convex" and not quiet:

@@ -75,14 +75,14 @@ def dense_weight_notes(record: dict[str, Any]) -> list[str]:
 
 
 def artifact_notes(record: dict[str, Any]) -> list[str]:
-    """How int8 artifacts were quantized, and the batch fixed in .tflite files."""
+    """How int8 / int4 artifacts were quantized, and the batch fixed in .tflite files."""
     notes = []
     for artifact in record["artifacts"].values():
         if artifact.get("simplify_note"):
             notes.append(f"{artifact['path']}: {artifact['simplify_note']}")
         scheme = artifact.get("quantization")
         if scheme:
-            notes.append(f"{artifact['path']}: {scheme['mode']} int8 — weights {scheme['weights']}, "
+            notes.append(f"{artifact['path']}: {scheme['mode']} int{scheme.get('bits', 8)} — weights {scheme['weights']}, "
                          f"activations {scheme['activations']}")
     batches = sorted({a["batch"] for a in record["artifacts"].values() if a.get("format") == "tflite" and a.get("batch")})
     if batches:

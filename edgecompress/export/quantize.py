@@ -1,9 +1,10 @@
-"""int8 on top of low rank: onnxruntime quantization of an ONNX file (weight-only dynamic by
-default, static QDQ with activations when calibration inputs are given) and TFLite dynamic-range
-int8 through litert-torch's PT2E quantizer.
+"""Quantization on top of low rank: onnxruntime int8 of an ONNX file (weight-only dynamic, or static
+QDQ with activations from calibration inputs), 4-bit weight-only ONNX (MatMulNBits, see
+:mod:`edgecompress.export.int4`), and TFLite int8 through litert-torch's PT2E quantizer (dynamic range,
+or full-integer static with calibration).
 
-Both keep the factor pairs apart: quantization rewrites each weight in place (same shape, int8),
-it never multiplies two weights together.
+All keep the factor pairs apart: quantization rewrites each weight on its own, it never multiplies
+two weights together.
 """
 
 from __future__ import annotations
@@ -12,20 +13,42 @@ import contextlib
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 import numpy as np
 import onnx
 
-from edgecompress.errors import ExportError
+from edgecompress.errors import ExportError, InputError
+from edgecompress.export.int4 import DEFAULT_MAX_BLOCK, matmulnbits_shapes, quantize_model_int4
+from edgecompress.export.onnx import check_weight_shapes, initializer_shapes
 from edgecompress.export.tflite import convert_tflite, import_converter, quiet_native
 from edgecompress.export.verify import Tolerance
 
 if TYPE_CHECKING:
+    import torch
     from torch import nn
 
+    from edgecompress.lowrank.factorize import CompressionPlan
+
 INT8_MIN_AGREEMENT = 0.98
+INT4_MIN_AGREEMENT = 0.95
 INT8_RTOL = 0.5
+QUANTIZE_KINDS = ("int8", "int8-static", "int4")
+
+
+def quantize_kinds(text: str | None) -> tuple[str, ...]:
+    """``--quantize`` as a tuple: ``None`` -> (), ``"int8,int4"`` -> ("int8", "int4"); InputError on an
+    unknown kind or on int8 together with int8-static (both would be <name>.int8.onnx)."""
+    if not text:
+        return ()
+    kinds = tuple(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
+    unknown = [kind for kind in kinds if kind not in QUANTIZE_KINDS]
+    if unknown:
+        raise InputError(f"--quantize {unknown[0]!r} is not one of {', '.join(QUANTIZE_KINDS)} "
+                         "(give one or a comma-separated list, e.g. int8,int4)")
+    if "int8" in kinds and "int8-static" in kinds:
+        raise InputError("--quantize int8 and int8-static both write <name>.int8.onnx: pick one")
+    return kinds
 
 
 def int8_tolerance(min_agreement: float = INT8_MIN_AGREEMENT) -> Tolerance:
@@ -55,17 +78,22 @@ def int8_checks(checks: list[tuple[np.ndarray, str]], calibration: np.ndarray | 
 
 
 @dataclass(frozen=True)
-class Int8Scheme:
+class QuantScheme:
     """How an artifact was quantized (serialised into build.json)."""
 
-    mode: str  # "dynamic" or "static"
+    mode: str  # "dynamic", "static" or "weight-only"
     tool: str
     weights: str
     activations: str
     calibration_samples: int | None = None
+    bits: int = 8
+    layers: list[dict[str, Any]] | None = None  # int4: per-layer K, N and block size
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+
+Int8Scheme = QuantScheme
 
 
 @contextlib.contextmanager
@@ -121,25 +149,90 @@ def quantize_onnx(source: Path, target: Path, *, calibration: np.ndarray | None 
         raise ExportError(f"int8 quantization of {source.name} failed: {str(exc).strip().splitlines()[0][:300]}") from exc
 
 
-def convert_tflite_int8(model: "nn.Module", input_shape: tuple[int, ...], target: Path, *, batch: int = 1) -> Int8Scheme:
-    """Convert ``model`` (in inference mode) to a dynamic-range int8 .tflite (int8 per-channel weights, float
-    activations quantized at run time by the kernels) with litert-torch's PT2E quantizer."""
+def convert_tflite_int8(model: "nn.Module", input_shape: tuple[int, ...], target: Path, *, batch: int = 1,
+                        calibration: np.ndarray | None = None) -> QuantScheme:
+    """Convert ``model`` (in inference mode) to an int8 .tflite with litert-torch's PT2E quantizer.
+
+    Without ``calibration``: dynamic range (int8 per-channel weights, float activations quantized at run
+    time by the kernels). With it: static (weights int8 per channel, activations int8 with ranges observed
+    on the calibration inputs, fed ``batch`` rows at a time); the file takes and gives int8 (its input and output carry scales; :func:`edgecompress.export.tflite.to_tensor`
+    and bench quantize float feeds with them).
+    """
     import_converter()
     import torch
 
+    if calibration is not None and len(calibration) == 0:
+        raise ExportError("static int8 quantization needs at least one calibration sample")
     with quiet_native():
         from litert_torch.quantize import pt2e_quantizer, quant_config
         from torchao.quantization.pt2e import quantize_pt2e
 
         example = (torch.zeros((batch, *input_shape[1:])),)
         quantizer = pt2e_quantizer.PT2EQuantizer().set_global(
-            pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True, is_dynamic=True))
+            pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True, is_dynamic=calibration is None))
         try:
             prepared = quantize_pt2e.prepare_pt2e(torch.export.export(model, example).module(), quantizer)
-            prepared(*example)  # the weight observers must run once, or every scale is a default and the output garbage
+            # the observers must run (weights at least once), or every scale is a default and the output garbage
+            for rows in [example[0]] if calibration is None else _batches(calibration, batch):
+                prepared(rows)
             quantized = quantize_pt2e.convert_pt2e(prepared, fold_quantize=False)
         except Exception as exc:  # torch.export / PT2E raise many types
             raise ExportError(f"TFLite int8 preparation failed: {str(exc).strip().splitlines()[0][:300]}") from exc
     convert_tflite(quantized, input_shape, target, batch=batch, quant_config=quant_config.QuantConfig(pt2e_quantizer=quantizer))
-    return Int8Scheme("dynamic", "litert-torch PT2E (dynamic range)", "int8 per-channel",
-                      "float32, quantized at run time")
+    if calibration is None:
+        return QuantScheme("dynamic", "litert-torch PT2E (dynamic range)", "int8 per-channel",
+                           "float32, quantized at run time")
+    return QuantScheme("static", "litert-torch PT2E (static, min/max observers)", "int8 per-channel",
+                       "int8 per-tensor (calibrated); int8 graph input/output (runners quantize with its scale)",
+                       len(calibration))
+
+
+def _batches(inputs: np.ndarray, batch: int) -> Iterator["torch.Tensor"]:
+    """Whole ``batch``-row torch tensors over ``inputs`` (the converted graph's batch is fixed; a ragged
+    tail is dropped unless it is all there is)."""
+    import torch
+
+    stop = max(batch, len(inputs) - len(inputs) % batch)
+    for start in range(0, stop, batch):
+        rows = np.asarray(inputs[start:start + batch], dtype=np.float32)
+        if len(rows) < batch:  # fewer samples than one batch: repeat them
+            rows = np.resize(rows, (batch, *rows.shape[1:]))
+        yield torch.from_numpy(rows)
+
+
+def quantize_onnx_int4(source: Path, target: Path, *, max_block: int = DEFAULT_MAX_BLOCK,
+                       symmetric: bool = True) -> QuantScheme:
+    """Write a 4-bit weight-only copy of ``source`` to ``target``: each constant-weight Gemm/MatMul (factors
+    and kept-dense layers alike) becomes a MatMulNBits with per-layer block sizes (see
+    :func:`edgecompress.export.int4.block_size_for`); activations, biases and other ops stay fp32."""
+    try:
+        model, layers = quantize_model_int4(onnx.load(str(source)), max_block=max_block, symmetric=symmetric)
+    except Exception as exc:  # malformed or unusual graphs: onnx/numpy raise plain exceptions
+        raise ExportError(f"int4 quantization of {source.name} failed: {str(exc).strip().splitlines()[0][:300]}") from exc
+    if not layers:
+        raise ExportError(f"int4 quantization of {source.name}: no Gemm/MatMul with a constant 2-D fp32 weight to quantize")
+    tmp = target.with_name(target.name + ".tmp")
+    try:
+        onnx.save(model, str(tmp))
+        tmp.replace(target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    blocks = sorted({int(layer["block_size"]) for layer in layers})
+    kind = "symmetric" if symmetric else "asymmetric"
+    return QuantScheme("weight-only", "edgecompress MatMulNBits (onnxruntime com.microsoft)",
+                       f"int4 {kind} block-wise (block {'/'.join(map(str, blocks))} along K), fp32 scales",
+                       "float32", bits=4, layers=layers)
+
+
+def quantized_weight_shapes(model: onnx.ModelProto) -> list[tuple[int, ...]]:
+    """Every constant's shape, with each MatMulNBits weight at its logical [N, K] (its packed tensor is 3-D):
+    what the refold guard counts in a quantized file."""
+    return initializer_shapes(model) + list(matmulnbits_shapes(model))
+
+
+def check_quantized_factors(path: Path, plan: CompressionPlan, *, where: str,
+                            other: Iterable[tuple[int, ...]] = ()) -> None:
+    """The refold guard on a quantized ONNX file (int8 or int4); ``other`` as in
+    :func:`edgecompress.export.onnx.check_weight_shapes`."""
+    model = onnx.load(str(path), load_external_data=False)
+    check_weight_shapes(quantized_weight_shapes(model), plan, where=where, other=other)

@@ -20,7 +20,7 @@ import warnings
 from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 
 import numpy as np
 
@@ -153,11 +153,17 @@ class TfliteTensor:
     dtype: str  # schema TensorType name: FLOAT32, INT8 ...
     constant: bool  # backed by a non-empty buffer: a weight, bias or shape constant
     index: int = -1  # tensor index in the subgraph (what the interpreter's set_tensor/get_tensor take)
+    quantized: bool = False  # has a scale: int8 I/O of a full-integer file takes and gives real values via it
 
     @property
     def numpy_dtype(self) -> str:
         """``FLOAT32`` -> ``float32``."""
         return self.dtype.lower()
+
+    @property
+    def feed_dtype(self) -> str:
+        """What a caller feeds / reads: float32 for a quantized integer tensor (see :func:`to_tensor`)."""
+        return "float32" if self.quantized and self.dtype in ("INT8", "UINT8") else self.numpy_dtype
 
 
 def _schema() -> Any:
@@ -210,6 +216,11 @@ def _buffer_has_data(model: Any, index: int) -> bool:
     return buffer.DataLength() > 0 or buffer.Size() > 0  # Size/Offset: data stored after the flatbuffer (>2 GB)
 
 
+def _has_scale(tensor: Any) -> bool:
+    quantization = tensor.Quantization()
+    return quantization is not None and quantization.ScaleLength() > 0
+
+
 def _graph(schema: Any, model: Any) -> TfliteGraph:
     types, builtin = _names(schema.TensorType), _names(schema.BuiltinOperator)
     graph = model.Subgraphs(0)
@@ -219,7 +230,7 @@ def _graph(schema: Any, model: Any) -> TfliteGraph:
         shape = tuple(int(d) for d in tensor.ShapeAsNumpy()) if tensor.ShapeLength() else ()
         tensors.append(TfliteTensor(tensor.Name().decode(errors="replace"), shape,
                                     types.get(tensor.Type(), str(tensor.Type())),
-                                    _buffer_has_data(model, tensor.Buffer()), i))
+                                    _buffer_has_data(model, tensor.Buffer()), i, _has_scale(tensor)))
     names: dict[int, str] = {}
     if model.SignatureDefsLength() and model.SignatureDefs(0).SubgraphIndex() == 0:
         signature = model.SignatureDefs(0)
@@ -269,6 +280,25 @@ def check_tflite_factors(path: Path, plan: "CompressionPlan", *, where: str) -> 
     check_weight_shapes(constant_shapes(path), plan, where=where)
 
 
+def to_tensor(array: np.ndarray, detail: Mapping[str, Any]) -> np.ndarray:
+    """A float array as an interpreter input (``get_input_details`` entry): quantized with the tensor's scale
+    and zero point when a full-integer .tflite takes int8/uint8 (static int8 files do), else cast."""
+    dtype = np.dtype(detail["dtype"])
+    scale, zero = detail.get("quantization", (0.0, 0))
+    if np.issubdtype(array.dtype, np.floating) and dtype.kind in "iu" and scale:
+        info = np.iinfo(dtype)
+        return np.clip(np.round(array / scale) + zero, info.min, info.max).astype(dtype)
+    return array.astype(dtype, copy=False)
+
+
+def from_tensor(array: np.ndarray, detail: Mapping[str, Any]) -> np.ndarray:
+    """An interpreter output as float32 (dequantized when the tensor is quantized int8/uint8)."""
+    scale, zero = detail.get("quantization", (0.0, 0))
+    if array.dtype.kind in "iu" and scale:
+        return ((array.astype(np.float32) - zero) * scale).astype(np.float32)
+    return array.copy()
+
+
 def litert_runner(path: Path, threads: int | None = None) -> Runner:
     """A runner for a single-input, single-output .tflite: feeds its fixed batch at a time
     (the last chunk zero-padded), returns the outputs of the real rows."""
@@ -287,13 +317,13 @@ def litert_runner(path: Path, threads: int | None = None) -> Runner:
     def run(inputs: np.ndarray) -> np.ndarray:
         outputs = []
         for start in range(0, len(inputs), batch):
-            chunk = np.asarray(inputs[start:start + batch], dtype=source["dtype"])
+            chunk = to_tensor(np.asarray(inputs[start:start + batch]), source)
             rows = len(chunk)
             if rows < batch:
                 chunk = np.concatenate([chunk, np.zeros((batch - rows, *chunk.shape[1:]), chunk.dtype)])
             interpreter.set_tensor(source["index"], np.ascontiguousarray(chunk))
             interpreter.invoke()
-            outputs.append(interpreter.get_tensor(sink["index"])[:rows].copy())
+            outputs.append(from_tensor(interpreter.get_tensor(sink["index"])[:rows], sink))
         return np.concatenate(outputs) if outputs else np.zeros((0,), np.float32)
 
     return run
