@@ -93,7 +93,9 @@ def load_hf_folder(path: Path, seq: int = DEFAULT_SEQ) -> tuple[nn.Module, Model
         config = transformers.AutoConfig.from_pretrained(str(path), local_files_only=True)
         pooling = _pooling(path)
         loader = transformers.AutoModel if pooling else _auto_class(transformers, config)
-        options = {"local_files_only": True, "attn_implementation": "eager"}
+        # safetensors only: a pickled pytorch_model.bin could run code; no code from the folder either
+        options = {"local_files_only": True, "attn_implementation": "eager", "use_safetensors": True,
+                   "trust_remote_code": False}
         if pooling:  # sentence-transformers pools the tokens itself: BERT's pooler would be dead weight
             options["add_pooling_layer"] = False
         try:

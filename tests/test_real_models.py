@@ -131,3 +131,18 @@ def test_pt2_inputs_come_from_the_graph_signature(tmp_path: Path) -> None:
     attention = ZOO["attention"][0]()
     torch.export.save(torch.export.export(attention, (torch.randn(1, 8, 16),)), tmp_path / "attn.pt2")
     assert load_model(tmp_path / "attn.pt2").io.static_batch == 1  # reshapes pin the batch
+
+
+def test_hf_folder_with_pickled_weights_is_refused(tmp_path: Path) -> None:
+    """A folder whose weights are a pickled pytorch_model.bin (which could run code) is refused: safetensors only."""
+    from edgecompress.errors import InputError
+
+    folder = _tiny_bert(tmp_path / "bert", pooling=False)
+    from safetensors.torch import load_file
+
+    state = load_file(folder / "model.safetensors")
+    (folder / "model.safetensors").unlink()
+    torch.save(state, folder / "pytorch_model.bin")
+    with pytest.raises(InputError, match="not a loadable Hugging Face model folder"):
+        build(BuildConfig(model=folder, out=tmp_path / "o", policy=UniformPolicy(4)))
+    assert not (tmp_path / "o").exists()
