@@ -182,7 +182,7 @@ def test_matmulnbits_computes_with_the_packed_weights(shape: tuple[int, int], sy
         [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["n", n])],
         [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(bias, "b")])
     model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 18)])
-    quantized, layers = quantize_model_int4(model, symmetric=symmetric)
+    quantized, layers = quantize_model_int4(model, symmetric=symmetric, accuracy_level=0)  # fp32 compute: exact
     assert [layer["K"] for layer in layers] == [k] and [i.name for i in quantized.graph.initializer if i.name == "w"] == []
     path = tmp_path / "q.onnx"
     onnx.save(quantized, str(path))
@@ -192,6 +192,34 @@ def test_matmulnbits_computes_with_the_packed_weights(shape: tuple[int, int], sy
     np.testing.assert_allclose(ort_runner(path)(x), expected, rtol=1e-4, atol=1e-4)
     error = np.linalg.norm(packed.dequantized() - weight.T) / np.linalg.norm(weight)
     assert error < 0.15  # 4 bits with MSE-chosen clipping: ~0.1 on Gaussian weights; a wrong scale is ~1
+
+
+@pytest.mark.parametrize("symmetric", [True, False], ids=["symmetric", "asymmetric"])
+def test_int4_accuracy_level_4_is_the_default_and_stays_close_to_fp32_compute(symmetric: bool, tmp_path: Path) -> None:
+    """accuracy_level 4 (int8 activations per block inside MatMulNBits) is written by default, runs in
+    onnxruntime on a factor shape that is not a multiple of the block, and differs from the fp32-compute
+    result only by activation rounding (~1% of the output norm); an undefined level is refused."""
+    rng = np.random.default_rng(1)
+    k, n = 29, 37
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("MatMul", ["x", "w"], ["y"], name="fc")], "g",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["n", k])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["n", n])],
+        [numpy_helper.from_array(rng.standard_normal((k, n)).astype(np.float32), "w")])
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 18)])
+    x = rng.standard_normal((64, k)).astype(np.float32)
+    outputs = {}
+    for level in (None, 0):
+        quantized, _ = quantize_model_int4(model, symmetric=symmetric, **({} if level is None else {"accuracy_level": level}))
+        node = next(node for node in quantized.graph.node if node.op_type == "MatMulNBits")
+        assert onnx.helper.get_attribute_value(next(a for a in node.attribute if a.name == "accuracy_level")) == \
+            (4 if level is None else 0)
+        onnx.save(quantized, str(tmp_path / f"q{level}.onnx"))
+        outputs[level] = ort_runner(tmp_path / f"q{level}.onnx")(x)
+    relative = np.linalg.norm(outputs[None] - outputs[0]) / np.linalg.norm(outputs[0])
+    assert relative < 0.03  # int8 activations: ~0.5%; a wrong scale or layout is ~1
+    with pytest.raises(InputError, match="accuracy_level"):
+        quantize_onnx_int4(tmp_path / "q0.onnx", tmp_path / "bad.onnx", accuracy_level=5)
 
 
 def test_bench_and_check_read_int4_files(dynamic_build: BuildResult) -> None:

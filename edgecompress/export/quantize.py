@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 
 from edgecompress.errors import ExportError, InputError
-from edgecompress.export.int4 import DEFAULT_MAX_BLOCK, matmulnbits_shapes, quantize_model_int4
+from edgecompress.export.int4 import ACCURACY_LEVELS, DEFAULT_ACCURACY_LEVEL, DEFAULT_MAX_BLOCK, matmulnbits_shapes, quantize_model_int4
 from edgecompress.export.onnx import check_weight_shapes, initializer_shapes
 from edgecompress.export.tflite import convert_tflite, import_converter, quiet_native
 from edgecompress.export.verify import Tolerance
@@ -200,13 +200,17 @@ def _batches(inputs: np.ndarray, batch: int) -> Iterator["torch.Tensor"]:
         yield torch.from_numpy(rows)
 
 
-def quantize_onnx_int4(source: Path, target: Path, *, max_block: int = DEFAULT_MAX_BLOCK,
-                       symmetric: bool = True) -> QuantScheme:
+def quantize_onnx_int4(source: Path, target: Path, *, max_block: int = DEFAULT_MAX_BLOCK, symmetric: bool = True,
+                       accuracy_level: int = DEFAULT_ACCURACY_LEVEL) -> QuantScheme:
     """Write a 4-bit weight-only copy of ``source`` to ``target``: each constant-weight Gemm/MatMul (factors
     and kept-dense layers alike) becomes a MatMulNBits with per-layer block sizes (see
-    :func:`edgecompress.export.int4.block_size_for`); activations, biases and other ops stay fp32."""
+    :func:`edgecompress.export.int4.block_size_for`); biases and other ops stay fp32, activations are
+    quantized per block to int8 inside MatMulNBits at ``accuracy_level`` 4 (0: fp32 compute)."""
+    if accuracy_level not in ACCURACY_LEVELS:
+        raise InputError(f"MatMulNBits accuracy_level must be one of {ACCURACY_LEVELS}, got {accuracy_level}")
     try:
-        model, layers = quantize_model_int4(onnx.load(str(source)), max_block=max_block, symmetric=symmetric)
+        model, layers = quantize_model_int4(onnx.load(str(source)), max_block=max_block, symmetric=symmetric,
+                                            accuracy_level=accuracy_level)
     except Exception as exc:  # malformed or unusual graphs: onnx/numpy raise plain exceptions
         raise ExportError(f"int4 quantization of {source.name} failed: {str(exc).strip().splitlines()[0][:300]}") from exc
     if not layers:
@@ -220,8 +224,10 @@ def quantize_onnx_int4(source: Path, target: Path, *, max_block: int = DEFAULT_M
     blocks = sorted({int(layer["block_size"]) for layer in layers})
     kind = "symmetric" if symmetric else "asymmetric"
     return QuantScheme("weight-only", "edgecompress MatMulNBits (onnxruntime com.microsoft)",
-                       f"int4 {kind} block-wise (block {'/'.join(map(str, blocks))} along K), fp32 scales",
-                       "float32", bits=4, layers=layers)
+                       f"int4 {kind} block-wise (block {'/'.join(map(str, blocks))} along K), fp32 scales, "
+                       f"MatMulNBits accuracy_level {accuracy_level}",
+                       "float32 (int8 per block inside MatMulNBits)" if accuracy_level == 4 else "float32",
+                       bits=4, layers=layers)
 
 
 def quantized_weight_shapes(model: onnx.ModelProto) -> list[tuple[int, ...]]:
