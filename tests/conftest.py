@@ -14,6 +14,20 @@ SHARED = Path(__file__).resolve().parents[1] / ".." / "shared"
 MNIST_DIR = SHARED / "datasets" / "mnist"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_table_cache(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """Budget searches in tests store their sensitivity tables in a folder of this run (never reuse one another
+    run stored in ~/.cache), unless EDGECOMPRESS_TABLE_CACHE is set already; CLI subprocesses inherit it."""
+    import os
+
+    if "EDGECOMPRESS_TABLE_CACHE" in os.environ:
+        yield os.environ["EDGECOMPRESS_TABLE_CACHE"]
+        return
+    os.environ["EDGECOMPRESS_TABLE_CACHE"] = str(tmp_path_factory.mktemp("sensitivity-tables"))
+    yield os.environ["EDGECOMPRESS_TABLE_CACHE"]
+    del os.environ["EDGECOMPRESS_TABLE_CACHE"]
+
+
 @pytest.fixture(scope="module")
 def single_thread() -> Any:
     """torch on one thread for a module of tiny matrices (thousands of small SVDs, a small MLP): on a
