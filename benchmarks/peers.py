@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -93,24 +94,31 @@ def prepare(work: Path, mnist: Path) -> Path:
     return save_exported(model, (1, 784), work / "mnist-mlp.pt2")
 
 
-def run_timed(command: list[str], cwd: Path) -> tuple[subprocess.CompletedProcess, float, float]:
-    """Run a child process; its result, wall seconds and CPU seconds (user + system)."""
+def run_timed(command: list[str], cwd: Path, timeout: float | None = None,
+              env: dict[str, str] | None = None) -> tuple[subprocess.CompletedProcess, float, float]:
+    """Run a child process (killed after ``timeout`` wall seconds: return code -9 and the reason on stderr);
+    its result, wall seconds and CPU seconds (user + system)."""
     before, start = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
-    proc = subprocess.run(command, cwd=cwd, capture_output=True, text=True)
+    try:
+        proc = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:  # run() killed and reaped the child: its CPU time is counted below
+        proc = subprocess.CompletedProcess(command, -9, "", f"stopped at the {timeout:.0f} s wall-time cap")
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
     return proc, round(time.perf_counter() - start, 1), round(cpu, 1)
 
 
-def worker(tool: str, python: Path, script: str, args: list[str], work: Path) -> list[dict[str, Any]]:
-    """Run one peer worker in its venv; its rows (or one row with the reason it could not run)."""
+def worker(tool: str, python: Path, script: str, args: list[str], work: Path, *, label: str | None = None,
+           timeout: float | None = None, env: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """Run one peer worker in its venv; its rows (or one row, ``label``, with the reason it could not run)."""
     if not python.exists():
-        return [{"tool": tool, "method": tool, "error": f"venv missing: {python} (see this script's docstring)"}]
-    proc, wall, cpu = run_timed([str(python), str(WORKERS / script), str(work), *args], work)
+        return [{"tool": tool, "method": label or tool, "error": f"venv missing: {python} (see this script's docstring)"}]
+    proc, wall, cpu = run_timed([str(python), str(WORKERS / script), str(work), *args], work, timeout, env)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
         reason = (proc.stderr.strip().splitlines() or ["no output"])[-1][:400]
-        return [{"tool": tool, "method": tool, "error": f"exit {proc.returncode}: {reason}", "wall_s": wall, "cpu_s": cpu}]
+        return [{"tool": tool, "method": label or tool, "error": f"exit {proc.returncode}: {reason}", "wall_s": wall,
+                 "cpu_s": cpu}]
     rows = json.loads(lines[-1][len("RESULT "):])
     for row in rows:
         row.setdefault("wall_s", wall)
@@ -225,8 +233,58 @@ def markdown(result: dict[str, Any]) -> str:
             continue
         lines.append(f"| {row['tool']} | {row['method']} | {params_text} | {row['bytes']:,} | {row['accuracy']:.4f} | "
                      f"{row['drop_points']} | {row.get('p50_x_dense', float('nan')):.3f} | {row.get('wall_s', '–')} | "
-                     f"{row.get('cpu_s', '–')} | {USER_CODE.get(row['tool'], '')} |")
-    return "\n".join(lines) + "\n"
+                     f"{row.get('cpu_s', '–')} | {row.get('user_writes', USER_CODE.get(row['tool'], ''))} |")
+    return "\n".join(lines + cpu_summary(result["rows"])) + "\n"
+
+
+def cpu_summary(rows: list[dict[str, Any]], max_drop: float = 0.5) -> list[str]:
+    """The CPU-time comparison with AIMET at equal accuracy loss, with its boundaries stated."""
+    def ok(row: dict[str, Any]) -> bool:
+        return row.get("drop_points") is not None and row["drop_points"] <= max_drop
+
+    aimet = [r for r in rows if r["tool"] == "AIMET" and "head out" in r["method"] and ok(r)]
+    ours = [r for r in rows if r["tool"] == "edgecompress" and "in-process" in r["method"] and ok(r)]
+    builds = [r for r in rows if r["tool"] == "edgecompress" and r["method"].endswith("[compressed]")]
+    if not aimet or not ours:
+        return ["", "CPU comparison: needs AIMET head-out and edgecompress in-process rows within "
+                f"{max_drop} points (not in this run)."]
+    first_a = [r["cpu_s"] for r in aimet if not r.get("reused_table")]
+    more_a = [r["cpu_s"] for r in aimet if r.get("reused_table")]
+    first_o = [r["cpu_s"] for r in ours if r.get("table_cache") != "hit"]
+    more_o = [r["cpu_s"] for r in ours if r.get("table_cache") == "hit"]
+    best_a = min(aimet, key=lambda r: r["linear_params"])
+    best_o = min(ours, key=lambda r: r["linear_params"])
+    lines = ["", f"## CPU time at equal accuracy loss (≤ {max_drop} test points), same run", "",
+             "Boundary: the compression call alone (AIMET `ModelCompressor.compress_model`; edgecompress "
+             "`model_spectra` + `budget_compress`), one process each, same state_dict, head left dense, the same "
+             "5,000 validation samples as the evaluation; imports, data loading, export and the test-set "
+             "evaluation excluded for both. CPU seconds = user + system of that call.", "",
+             "| | AIMET greedy weight SVD | edgecompress budget search | AIMET / edgecompress |", "|---|---:|---:|---:|",
+             f"| Linear params of the smallest model within {max_drop} pt | {best_a['linear_params']:,} "
+             f"({DENSE_PARAMS / best_a['linear_params']:.1f}x) | {best_o['linear_params']:,} "
+             f"({DENSE_PARAMS / best_o['linear_params']:.1f}x) | {best_a['linear_params'] / best_o['linear_params']:.2f}x "
+             "the reduction |"]
+    if first_a and first_o:
+        lines.append(f"| first target (per-layer table measured + search), CPU s | {first_a[0]} | {first_o[0]} | "
+                     f"**{first_a[0] / first_o[0]:.1f}x** |")
+    if more_a and more_o:
+        lines.append(f"| a further target (table reused from disk), CPU s | {min(more_a)}–{max(more_a)} | "
+                     f"{min(more_o)}–{max(more_o)} | **{min(more_a) / max(more_o):.1f}–{max(more_a) / min(more_o):.1f}x** |")
+    for row in ours:
+        if row.get("phases_cpu_s"):
+            phases = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in row["phases_cpu_s"].items())
+            lines.append(f"\nedgecompress {row['method'].split(' head')[0].split('compress ')[-1]} "
+                         f"(table {row.get('table_cache')}): {phases} CPU s, {row.get('candidates_evaluated')} "
+                         "candidates evaluated.")
+    whole_a = next((r.get("process_cpu_s") for r in aimet), None)
+    if builds and whole_a:
+        lines.append(f"\nWhole processes (not like for like): each `edgecompress build` above "
+                     f"({', '.join(str(r['cpu_s']) for r in builds)} CPU s) includes importing torch and the ONNX "
+                     "exporter, loading the .pt2, the search, exporting dense and compressed ONNX, verifying them in "
+                     "onnxruntime, int8 and int4 files with their verification and the validation evaluation; the "
+                     f"AIMET worker process ({whole_a} CPU s) covers its imports, its head-out targets (one table) and "
+                     "an ONNX export per target.")
+    return lines
 
 
 def write_results(out: Path, result: dict[str, Any], render: Any) -> None:
@@ -252,6 +310,11 @@ def main() -> None:
     parser.add_argument("--envs", type=Path, default=ENVS, help="folder of the peer venvs (nncf, tensorly, aimet)")
     parser.add_argument("--peers", default="edgecompress,hand-written,nncf,tensorly,aimet")
     parser.add_argument("--aimet-targets", default="0.1,0.077,0.055", help="AIMET target_comp_ratio values")
+    parser.add_argument("--tensorly-methods", default="cp;cp:n_iter_max=10;tucker;blocktt",
+                        help="tensorly-torch factorizations, ';'-separated, each in its own capped process")
+    parser.add_argument("--tensorly-cap", type=float, default=600, help="wall seconds per tensorly factorization")
+    parser.add_argument("--search-drops", default="0.5,0.4",
+                        help="accuracy drops for edgecompress's in-process search rows (the first measures the table)")
     parser.add_argument("--runs", type=int, default=300, help="interleaved latency rounds")
     parser.add_argument("--stub-torchvision", type=Path, metavar="ENV", help="write the torchvision stub into ENV and exit")
     args = parser.parse_args()
@@ -271,6 +334,9 @@ def main() -> None:
             rows += edgecompress_rows(pt2, work, args.mnist_dir, "drop-0.5", ["--max-accuracy-drop", "0.5"])
             rows += edgecompress_rows(pt2, work, args.mnist_dir, "drop-0.5-c0",
                                       ["--max-accuracy-drop", "0.5", "--confidence", "0"])
+        if "edgecompress" in peers:  # the compression call alone, in-process, AIMET's boundaries (see the worker)
+            rows += worker("edgecompress", Path(sys.executable), "edgecompress_search.py", [args.search_drops, "0"],
+                           work, env={**os.environ, "PYTHONPATH": str(REPO)})
         if "hand-written" in peers:
             rows += worker("hand-written", Path(sys.executable), "plain_svd.py", ["29"], work)
         if "nncf" in peers:
@@ -282,7 +348,10 @@ def main() -> None:
                 row.setdefault("linear_params", DENSE_PARAMS if row["method"].endswith("on dense") else low_rank_params)
                 rows.append(row)
         if "tensorly" in peers:
-            rows += worker("tensorly", args.envs / "tensorly" / "bin" / "python", "tensorly_worker.py", ["0.065"], work)
+            for method in args.tensorly_methods.split(";"):
+                rows += worker("tensorly", args.envs / "tensorly" / "bin" / "python", "tensorly_worker.py",
+                               ["0.065", method], work, label=f"tensorly-torch {method} rank=0.065",
+                               timeout=args.tensorly_cap)
         if "aimet" in peers:
             rows += worker("AIMET", args.envs / "aimet" / "bin" / "python", "aimet_worker.py", [args.aimet_targets], work)
         dense = measure(rows, work, args.runs)
