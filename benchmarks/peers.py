@@ -31,6 +31,7 @@ import argparse
 import json
 import os
 import resource
+import signal
 import subprocess
 import sys
 import tempfile
@@ -94,26 +95,30 @@ def prepare(work: Path, mnist: Path) -> Path:
     return save_exported(model, (1, 784), work / "mnist-mlp.pt2")
 
 
-def run_timed(command: list[str], cwd: Path, timeout: float | None = None,
+def run_timed(command: list[str], cwd: Path, cpu_cap: float | None = None,
               env: dict[str, str] | None = None) -> tuple[subprocess.CompletedProcess, float, float]:
-    """Run a child process (killed after ``timeout`` wall seconds: return code -9 and the reason on stderr);
-    its result, wall seconds and CPU seconds (user + system)."""
+    """Run a child process (stopped by the kernel after ``cpu_cap`` CPU seconds, whatever the machine load:
+    the reason replaces its stderr); its result, wall seconds and CPU seconds (user + system)."""
+    def limit() -> None:
+        cap = int(cpu_cap)
+        resource.setrlimit(resource.RLIMIT_CPU, (cap, cap + 5))  # SIGXCPU at the soft limit, SIGKILL at the hard
+
     before, start = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
-    try:
-        proc = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
-    except subprocess.TimeoutExpired:  # run() killed and reaped the child: its CPU time is counted below
-        proc = subprocess.CompletedProcess(command, -9, "", f"stopped at the {timeout:.0f} s wall-time cap")
+    proc = subprocess.run(command, cwd=cwd, capture_output=True, text=True, env=env,
+                          preexec_fn=limit if cpu_cap else None)
+    if cpu_cap and proc.returncode in (-signal.SIGXCPU, -signal.SIGKILL):
+        proc.stderr += f"\nstopped at the {cpu_cap:.0f} CPU-second cap"
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
     return proc, round(time.perf_counter() - start, 1), round(cpu, 1)
 
 
 def worker(tool: str, python: Path, script: str, args: list[str], work: Path, *, label: str | None = None,
-           timeout: float | None = None, env: dict[str, str] | None = None) -> list[dict[str, Any]]:
+           cpu_cap: float | None = None, env: dict[str, str] | None = None) -> list[dict[str, Any]]:
     """Run one peer worker in its venv; its rows (or one row, ``label``, with the reason it could not run)."""
     if not python.exists():
         return [{"tool": tool, "method": label or tool, "error": f"venv missing: {python} (see this script's docstring)"}]
-    proc, wall, cpu = run_timed([str(python), str(WORKERS / script), str(work), *args], work, timeout, env)
+    proc, wall, cpu = run_timed([str(python), str(WORKERS / script), str(work), *args], work, cpu_cap, env)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
         reason = (proc.stderr.strip().splitlines() or ["no output"])[-1][:400]
@@ -312,7 +317,7 @@ def main() -> None:
     parser.add_argument("--aimet-targets", default="0.1,0.077,0.055", help="AIMET target_comp_ratio values")
     parser.add_argument("--tensorly-methods", default="cp;cp:n_iter_max=10;tucker;blocktt",
                         help="tensorly-torch factorizations, ';'-separated, each in its own capped process")
-    parser.add_argument("--tensorly-cap", type=float, default=600, help="wall seconds per tensorly factorization")
+    parser.add_argument("--tensorly-cap", type=float, default=180, help="CPU seconds per tensorly factorization")
     parser.add_argument("--search-drops", default="0.5,0.4",
                         help="accuracy drops for edgecompress's in-process search rows (the first measures the table)")
     parser.add_argument("--runs", type=int, default=300, help="interleaved latency rounds")
@@ -330,6 +335,7 @@ def main() -> None:
         work = Path(tmp)
         pt2 = prepare(work, args.mnist_dir)
         rows: list[dict[str, Any]] = []
+        os.environ["EDGECOMPRESS_TABLE_CACHE"] = str(work / "cli-table-cache")  # first build measures, second reuses
         if "edgecompress" in peers:
             rows += edgecompress_rows(pt2, work, args.mnist_dir, "drop-0.5", ["--max-accuracy-drop", "0.5"])
             rows += edgecompress_rows(pt2, work, args.mnist_dir, "drop-0.5-c0",
@@ -351,7 +357,7 @@ def main() -> None:
             for method in args.tensorly_methods.split(";"):
                 rows += worker("tensorly", args.envs / "tensorly" / "bin" / "python", "tensorly_worker.py",
                                ["0.065", method], work, label=f"tensorly-torch {method} rank=0.065",
-                               timeout=args.tensorly_cap)
+                               cpu_cap=args.tensorly_cap)
         if "aimet" in peers:
             rows += worker("AIMET", args.envs / "aimet" / "bin" / "python", "aimet_worker.py", [args.aimet_targets], work)
         dense = measure(rows, work, args.runs)
