@@ -1,6 +1,7 @@
 """AIMET 2.42 weight SVD, auto mode (greedy per-layer compression-ratio selection, memory cost) on the reference MLP,
 the classifier head compressible ("head in", AIMET's default: first target only) or ignored ("head out", every target);
-AIMET_CANDIDATES (default 10) compression-ratio candidates per layer. The greedy search's per-layer
+AIMET_CANDIDATES (default 10) compression-ratio candidates per layer; AIMET_HEADS (default "in,out") which head
+settings to run. The greedy search's per-layer
 evaluation table is computed once per head setting and reused across targets (AIMET's saved_eval_scores_dict), as a
 user would. Runs in /work/envs/aimet (aimet-torch imports torchvision; a stub package stands in for it there, see
 peers.py: a real torchvision wheel would replace torch with a CUDA build).
@@ -52,7 +53,7 @@ def main() -> None:
     candidates = int(os.environ.get("AIMET_CANDIDATES", "10"))
     test_x, test_y = split(work, "test")
     rows = []
-    for head_in in (True, False):
+    for head_in in [head == "in" for head in os.environ.get("AIMET_HEADS", "in,out").split(",")]:
         table = work / f"aimet-eval-table-head-{'in' if head_in else 'out'}.pkl"
         for target in targets if not head_in else targets[:1]:  # head in: AIMET's default, at the first target
             label = f"AIMET weight SVD greedy target {target} head {'in' if head_in else 'out'}"
