@@ -287,8 +287,8 @@ def cpu_summary(rows: list[dict[str, Any]], max_drop: float = 0.5) -> list[str]:
                      f"({', '.join(str(r['cpu_s']) for r in builds)} CPU s) includes importing torch and the ONNX "
                      "exporter, loading the .pt2, the search, exporting dense and compressed ONNX, verifying them in "
                      "onnxruntime, int8 and int4 files with their verification and the validation evaluation; the "
-                     f"AIMET worker process ({whole_a} CPU s) covers its imports, its head-out targets (one table) and "
-                     "an ONNX export per target.")
+                     f"AIMET worker process ({whole_a} CPU s) covers its imports, the head-in target and the head-out "
+                     "targets (a table for each head setting) and an ONNX export per target.")
     return lines
 
 
