@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -150,19 +151,82 @@ def _wait_for_staging(out: Path, process: subprocess.Popen, timeout: float = 300
     return False
 
 
+GATED_FACTORY = """
+import os
+import time
+
+import torch
+
+from edgecompress.models import mlp
+
+
+class Gated(torch.nn.Module):
+    \"\"\"The small MLP; once the test opens the gate, the next forward pass says so and blocks.\"\"\"
+
+    def __init__(self):
+        super().__init__()
+        self.net = mlp((64, 96, 96, 10))
+
+    def forward(self, x):
+        gate = os.environ["EDGECOMPRESS_TEST_GATE"]
+        if os.path.exists(gate):
+            open(gate + ".blocked", "w").close()
+            time.sleep(600)
+        return self.net(x)
+
+
+def make():
+    return Gated()
+"""
+
+
+@pytest.fixture(scope="module")
+def gated_model(small_mlp: Any, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A state_dict + factory file of the small MLP whose forward blocks while a gate file exists."""
+    import torch
+
+    folder = tmp_path_factory.mktemp("gated")
+    (folder / "gated.py").write_text(GATED_FACTORY)
+    torch.save({f"net.{k}": v for k, v in small_mlp.state_dict().items()}, folder / "gated.pt")
+    return folder / "gated.pt", folder / "gated.py"
+
+
+def _wait_for(path: Path, process: subprocess.Popen, timeout: float = 300) -> bool:
+    """Until ``path`` exists (True) or the process ends / time runs out (False)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        if path.exists():
+            return True
+        time.sleep(0.01)
+    return False
+
+
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
-def test_signal_mid_build(sig: signal.Signals, small_mlp_pt2: Path, earlier_build: Path, tmp_path: Path,
-                          capsys: pytest.CaptureFixture) -> None:
+def test_signal_mid_build(sig: signal.Signals, gated_model: tuple[Path, Path], earlier_build: Path,
+                          tmp_path: Path) -> None:
     """SIGINT: exit 130, one line, the folder as before. SIGKILL: the staging folder stays, and the
-    next run removes it; the earlier build is intact either way."""
+    next run removes it; the earlier build is intact either way. The signal arrives while the build is
+    provably inside its staging folder: the model blocks in its forward pass once the test opens a gate
+    (after the staging folder exists) and says so with a marker file."""
+    weights, factory = gated_model
+    gate = tmp_path / "gate"
     out = copy_folder(earlier_build, tmp_path / "out")
     before = digest(out)
-    process = _start_build(small_mlp_pt2, out, "--verify-samples", "4096")
-    if not _wait_for_staging(out, process):
-        process.kill()
-        pytest.skip("the build finished before it could be interrupted")
-    process.send_signal(sig)
-    _, err = process.communicate(timeout=300)
+    process = subprocess.Popen([sys.executable, "-m", "edgecompress", "build", str(weights), "--factory",
+                                f"{factory}:make", "--input-shape", "2x64", "--out", str(out), *BUILD],
+                               env={**scrub_env(), "EDGECOMPRESS_TEST_GATE": str(gate)},
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        if not _wait_for_staging(out, process):
+            pytest.fail(f"the build never staged: {process.communicate()}")
+        gate.touch()
+        if not _wait_for(gate.with_name("gate.blocked"), process):
+            pytest.fail(f"the build never ran its model after staging: {process.communicate()}")
+        process.send_signal(sig)
+        _, err = process.communicate(timeout=300)
+    finally:
+        if process.poll() is None:
+            process.kill()
     if sig == signal.SIGINT:
         assert_one_error(process.returncode, err, 130, "interrupted")
         assert digest(out) == before and listing(out) == listing(earlier_build)
