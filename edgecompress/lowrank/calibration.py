@@ -187,15 +187,16 @@ def _describe(batch: Any) -> str:
     return f"samples of shape {tuple(batch.shape[1:])}"
 
 
-def real_rows(activation: torch.Tensor, mask: torch.Tensor | None, features: int) -> torch.Tensor:
-    """The input vectors of one layer call as (n, features) float64 rows, padding rows dropped.
+def real_rows(activation: torch.Tensor, mask: torch.Tensor | None, features: int,
+              dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """The input vectors of one layer call as (n, features) rows of ``dtype``, padding rows dropped.
 
     With a mask (B, T) and an activation whose leading dimensions are (B, T), only the rows where
     the mask is nonzero are kept; otherwise every row counts.
     """
     if mask is not None and tuple(activation.shape[:-1]) == tuple(mask.shape):
-        return activation.detach()[mask != 0].to(torch.float64).reshape(-1, features)
-    return activation.detach().reshape(-1, features).to(torch.float64)
+        return activation.detach()[mask != 0].to(dtype).reshape(-1, features)
+    return activation.detach().reshape(-1, features).to(dtype)
 
 
 def _accumulator(stats: LayerInputs, keep_inputs: int,

@@ -1,0 +1,133 @@
+"""The sequential closed-form refit (lowrank/refit.py): exact on one layer, better than whitened
+truncation through depth, bias correction, stages, determinism, clear errors."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from edgecompress.errors import InputError
+from edgecompress.lowrank.calibration import calibrate
+from edgecompress.lowrank.embedding import cosine_stats, embed
+from edgecompress.lowrank.factorize import LowRankLinear, compress
+from edgecompress.lowrank.policies import PolicyContext, UniformPolicy
+from edgecompress.lowrank.refit import execution_stages, refit
+from edgecompress.lowrank.spectrum import model_spectra
+from test_transformer_quality import make_encoder, token_batches
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+class Feed(nn.Module):
+    """A bare Linear taking its input by name (as the named-input models do)."""
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        self.layer = linear
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer(x)
+
+
+def _shifted_inputs(seed: int, count: int = 600, features: int = 24) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    mixing = torch.randn(features, features, generator=generator) * torch.logspace(0, -2, features)[:, None]
+    return torch.randn(count, features, generator=generator) @ mixing + 3.0  # a large mean: bias matters
+
+
+def _whitened(model: nn.Module, batches: list[dict[str, torch.Tensor]], rank: int) -> nn.Module:
+    names = list(model_spectra(model))
+    stats = calibrate(model, batches, names)
+    return compress(model, UniformPolicy(rank), context=PolicyContext(calibration=stats.layers, whiten=True))[0]
+
+
+def test_one_layer_refit_is_the_exact_reduced_rank_regression_with_free_bias() -> None:
+    """On one layer (X_c = X) the refit's output error equals the optimum of min ||WX + b - (W_r X + b')||
+    over rank-r W_r and any b' (centered data, truncated SVD of the whitened map), and is below the
+    uncentered whitened truncation that keeps the old bias."""
+    torch.manual_seed(0)
+    model = Feed(nn.Linear(24, 16))
+    x = _shifted_inputs(1)
+    batches = [{"x": x[i:i + 100]} for i in range(0, len(x), 100)]
+    with torch.no_grad():
+        target = model(x).double()
+    rank = 4
+    whitened = _whitened(model, batches, rank)
+    fitted = copy.deepcopy(whitened)
+    records = refit(model, fitted, batches, bias=True)
+    with torch.no_grad():
+        error = float((fitted(x).double() - target).norm() / target.norm())
+        error_whitened = float((whitened(x).double() - target).norm() / target.norm())
+    # the optimum, by brute force in float64: center, whiten, truncate
+    xd = x.double()
+    xc = xd - xd.mean(0)
+    tc = target - target.mean(0)
+    u, s, vh = torch.linalg.svd(xc, full_matrices=False)
+    fitted_outputs = tc.T @ u  # W X in the orthonormal basis of the centered inputs
+    uu, ss, vv = torch.linalg.svd(fitted_outputs, full_matrices=False)
+    best = float((ss[rank:].square().sum()).sqrt() / target.norm())
+    assert error == pytest.approx(best, rel=1e-3)
+    assert error < 0.9 * error_whitened
+    assert records["layer"].error_after == pytest.approx(error, rel=1e-3)
+    assert records["layer"].error_before == pytest.approx(error_whitened, rel=1e-3)
+
+
+def test_refit_lowers_every_layer_error_and_raises_the_cosine_through_depth() -> None:
+    model = make_encoder(layers=3)
+    calibration = token_batches(8, 16, seed=1)
+    test = token_batches(4, 16, seed=2)
+    compressed = _whitened(model, calibration, rank=8)
+    before = cosine_stats(embed(compressed, test), embed(model, test))[0]
+    records = refit(model, compressed, calibration)
+    after = cosine_stats(embed(compressed, test), embed(model, test))[0]
+    assert len(records) == 18
+    assert all(r.error_after <= r.error_before + 1e-6 for r in records.values())
+    assert after > before + 0.005  # held-out sentences, not the calibration ones
+    assert all(isinstance(compressed.get_submodule(name), LowRankLinear) and
+               compressed.get_submodule(name).rank == 8 for name in records)  # ranks kept
+
+
+def test_bias_correction_only_changes_biases_and_helps() -> None:
+    model = make_encoder(layers=2)
+    calibration = token_batches(8, 16, seed=3)
+    compressed = _whitened(model, calibration, rank=6)
+    plain, corrected = copy.deepcopy(compressed), copy.deepcopy(compressed)
+    no_bias = refit(model, plain, calibration, bias=False)
+    with_bias = refit(model, corrected, calibration, bias=True)
+    name = "blocks.0.query"  # first stage: both see the dense inputs
+    torch.testing.assert_close(plain.get_submodule(name).second.bias, model.get_submodule(name).bias)
+    assert not torch.allclose(corrected.get_submodule(name).second.bias, model.get_submodule(name).bias)
+    assert with_bias[name].error_after <= no_bias[name].error_after + 1e-9
+
+
+def test_stages_group_layers_reading_the_same_input_in_call_order() -> None:
+    model = make_encoder(layers=2)
+    stages = execution_stages(model, token_batches(1, 4, seed=4)[0], list(model_spectra(model)))
+    assert stages[:4] == [["blocks.0.query", "blocks.0.key", "blocks.0.value"], ["blocks.0.out"], ["blocks.0.up"],
+                          ["blocks.0.down"]]
+    assert len(stages) == 8
+
+
+def test_refit_is_deterministic_and_leaves_the_dense_model_alone() -> None:
+    model = make_encoder(layers=2)
+    original = {k: v.clone() for k, v in model.state_dict().items()}
+    calibration = token_batches(4, 16, seed=5)
+    runs = []
+    for _ in range(2):
+        compressed = _whitened(model, calibration, rank=4)
+        refit(model, compressed, calibration)
+        runs.append(torch.cat([p.detach().flatten() for p in compressed.parameters()]))
+    assert torch.equal(runs[0], runs[1])
+    assert all(torch.equal(v, original[k]) for k, v in model.state_dict().items())
+
+
+def test_refit_refuses_no_data_and_mismatched_models() -> None:
+    model = make_encoder()
+    compressed = _whitened(model, token_batches(4, 16, seed=6), rank=4)
+    with pytest.raises(InputError, match="calibration batches"):
+        refit(model, compressed, [])
+    with pytest.raises(InputError, match="no Linear layer"):
+        refit(nn.Sequential(nn.Linear(2, 2)), compressed, token_batches(1, 4, seed=7))
