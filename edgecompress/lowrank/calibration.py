@@ -144,7 +144,7 @@ def calibrate(model: nn.Module, x: np.ndarray | Batch | Iterable[Batch], names: 
                 mask[0] = mask_of(batch, mask_key) if isinstance(batch, Mapping) else None
                 samples += _batch_size(batch)
                 try:
-                    forward(model, batch) if isinstance(batch, Mapping) else model(batch)
+                    run_batch(model, batch)
                 except Exception as exc:  # any failure means these inputs do not fit the model
                     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                     raise InputError(f"the model cannot run on the calibration data {dataset} "
@@ -172,6 +172,16 @@ def _batches(x: np.ndarray | Batch | Iterable[Batch], batch_size: int) -> Iterab
     total = len(x) if hasattr(x, "__len__") else None
     for index, batch in enumerate(x):
         yield index, batch, total
+
+
+def batches_of(x: np.ndarray | Batch | Iterable[Batch], batch_size: int) -> list[Any]:
+    """Calibration inputs in any form :func:`calibrate` takes, as a list of batches (tensors or dicts)."""
+    return [batch for _, batch, _ in _batches(x, batch_size)]
+
+
+def run_batch(model: nn.Module, batch: Any) -> Any:
+    """``model`` on one batch: named inputs as keyword arguments, a tensor as the one input."""
+    return forward(model, batch) if isinstance(batch, Mapping) else model(batch)
 
 
 def _batch_size(batch: Any) -> int:

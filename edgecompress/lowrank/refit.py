@@ -28,8 +28,8 @@ import torch
 from torch import nn
 
 from edgecompress.errors import InputError
-from edgecompress.lowrank.calibration import MASK_KEY, real_rows
-from edgecompress.lowrank.embedding import Batch, forward, mask_of
+from edgecompress.lowrank.calibration import MASK_KEY, batches_of, real_rows, run_batch
+from edgecompress.lowrank.embedding import Batch, mask_of
 from edgecompress.lowrank.factorize import LowRankLinear
 
 RIDGE = 1e-6  # relative to trace(S_cc) / in: the cross-moment solve needs more than the whitening's 1e-8
@@ -171,33 +171,36 @@ def execution_stages(model: nn.Module, batch: Batch, names: Iterable[str]) -> li
     """The named layers in the order ``model`` calls them on ``batch``, grouped into stages of
     consecutive layers that read the same input tensor. Layers never called are left out."""
     wanted = set(names)
-    calls: list[tuple[str, int]] = []
-    handles = []
-    for name, module in model.named_modules():
-        if name in wanted:
-            handles.append(module.register_forward_pre_hook(
-                lambda _m, args, _n=name: calls.append((_n, id(args[0]))) if _n not in {c[0] for c in calls} else None))
+    calls: dict[str, torch.Tensor] = {}  # first call of each layer -> its input, kept alive (ids get reused)
+
+    def record(module_name: str) -> Callable[[nn.Module, tuple[Any, ...]], None]:
+        def hook(_module: nn.Module, args: tuple[Any, ...]) -> None:
+            calls.setdefault(module_name, args[0])
+        return hook
+
+    handles = [module.register_forward_pre_hook(record(name)) for name, module in model.named_modules()
+               if name in wanted]
     try:
         with torch.no_grad():
-            forward(model, batch)
+            run_batch(model, batch)
     finally:
         for handle in handles:
             handle.remove()
     stages: list[list[str]] = []
-    last_input = None
-    for name, input_id in calls:
-        if stages and input_id == last_input:
+    previous = None
+    for name, tensor in calls.items():
+        if stages and tensor is previous:
             stages[-1].append(name)
         else:
             stages.append([name])
-        last_input = input_id
+        previous = tensor
     return stages
 
 
 def _collect(model: nn.Module, batch: Batch, stage: Sequence[str], features: Mapping[str, int],
              mask_key: str) -> dict[str, torch.Tensor]:
     """Each stage layer's real-token input rows on ``batch`` (float32); the forward stops once all are seen."""
-    mask = mask_of(batch, mask_key)
+    mask = mask_of(batch, mask_key) if isinstance(batch, Mapping) else None
     rows: dict[str, torch.Tensor] = {}
 
     def hook(name: str) -> Callable[[nn.Module, tuple[Any, ...]], None]:
@@ -211,7 +214,7 @@ def _collect(model: nn.Module, batch: Batch, stage: Sequence[str], features: Map
     handles = [model.get_submodule(name).register_forward_pre_hook(hook(name)) for name in stage]
     try:
         with torch.no_grad():
-            forward(model, batch)
+            run_batch(model, batch)
     except _StageSeen:
         pass
     finally:
@@ -220,8 +223,8 @@ def _collect(model: nn.Module, batch: Batch, stage: Sequence[str], features: Map
     return rows
 
 
-def refit(dense: nn.Module, compressed: nn.Module, batches: Sequence[Batch], *, bias: bool = True,
-          mask_key: str = MASK_KEY, ridge: float = RIDGE, metrics: Mapping[str, torch.Tensor] | None = None,
+def refit(dense: nn.Module, compressed: nn.Module, data: Any, *, bias: bool = True,
+          batch_size: int = 64, mask_key: str = MASK_KEY, ridge: float = RIDGE, metrics: Mapping[str, torch.Tensor] | None = None,
           progress: Callable[[str], None] | None = None) -> dict[str, RefitRecord]:
     """Refit every ``LowRankLinear`` of ``compressed`` (in place) to its dense layer's output, in order.
 
@@ -230,7 +233,10 @@ def refit(dense: nn.Module, compressed: nn.Module, batches: Sequence[Batch], *, 
             the factor pairs of ``compressed``.
         compressed: the compressed copy (``compress(...)``); ranks are kept, factors (and biases
             when ``bias``) are replaced.
-        batches: calibration batches of named inputs (dicts, with an attention mask for token models).
+        data: calibration inputs, as :func:`edgecompress.lowrank.calibration.calibrate` takes them: an
+            array, one dict of named arrays (cut into ``batch_size`` batches) or a list of batches
+            (tensors, or dicts of named inputs with an attention mask for token models).
+        batch_size: samples per forward pass (array inputs).
         bias: also absorb the mean output error into the bias (centered moments).
         mask_key: the batch entry holding the attention mask; padding rows are excluded.
         ridge: ridge of the input covariance, relative to its mean eigenvalue.
@@ -244,6 +250,7 @@ def refit(dense: nn.Module, compressed: nn.Module, batches: Sequence[Batch], *, 
     Raises:
         InputError: no batches, or the two models do not correspond.
     """
+    batches = batches_of(data, batch_size)
     if not batches:
         raise InputError("the sequential refit needs calibration batches")
     pairs = {name: m for name, m in compressed.named_modules() if isinstance(m, LowRankLinear)}
