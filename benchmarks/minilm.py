@@ -49,6 +49,7 @@ from edgecompress.lowrank.distill import DistillSettings, distill  # noqa: E402
 from edgecompress.lowrank.embedding import cosine_stats, embed, masked_mean  # noqa: E402
 from edgecompress.lowrank.factorize import CompressionPlan, compress  # noqa: E402
 from edgecompress.lowrank.policies import PolicyContext, RankPolicy, make_policy  # noqa: E402
+from edgecompress.lowrank.refit import refit_with_context  # noqa: E402
 from edgecompress.lowrank.spectrum import model_spectra  # noqa: E402
 
 Batches = list[dict[str, torch.Tensor]]
@@ -84,14 +85,14 @@ class SentenceEncoder(nn.Module):
 class Bench:
     """The model, the splits and their dense embeddings, and the result being built."""
 
-    def __init__(self, quick: bool, log: Callable[[str], None]) -> None:
+    def __init__(self, quick: bool, log: Callable[[str], None], train: int = 1600) -> None:
         from transformers import AutoModel, AutoTokenizer
 
         self.log = log
         folder = model_folder()
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
         self.model = AutoModel.from_pretrained(folder).eval()
-        sizes = (256, 64, 128) if quick else (1600, 128, 512)
+        sizes = (256, 64, 128) if quick else (train, 128, 512)
         self.texts = minilm_corpus.splits(*sizes)
         self.test = batches_of(self.tokenizer, self.texts["test"], 32)
         self.dev = batches_of(self.tokenizer, self.texts["dev"], 32)
@@ -123,9 +124,21 @@ class Bench:
                 "real_token_vectors": next(iter(self._calibration.layers.values())).count}
         return self._calibration
 
-    def context(self, whiten: bool) -> PolicyContext:
+    def context(self, whiten: bool, refit: bool = False) -> PolicyContext:
+        """Whitened (or not) decompositions shared by every point; ``refit``: the sequential refit with
+        the embedding's output metric on the calibration sentences."""
         return PolicyContext(calibration=self.calibration.layers, whiten=whiten, round_to=ROUND_TO,
-                             extras=self._extras)
+                             extras=self._extras, refit_data=self.calib_batches if refit else None,
+                             refit_metric=refit)
+
+    @property
+    def calib_batches(self) -> Batches:
+        """The calibration sentences in padded batches (one list, so the output metric is cached once)."""
+        if self._calib_batches is None:
+            self._calib_batches = batches_of(self.tokenizer, self.calib_texts, 32)
+        return self._calib_batches
+
+    _calib_batches: Batches | None = None
 
     _extras: dict[str, Any] = {}  # whitened decompositions and the sensitivity table, computed once
 
@@ -139,17 +152,23 @@ class Bench:
         self.log(f"  {family:<28} {setting:<22} {row['param_ratio']:>5.2f}x  cos {mean:.4f}  p5 {p5:.4f}")
         return row
 
-    def policy_point(self, family: str, setting: str, policy: RankPolicy, whiten: bool) -> dict[str, Any]:
+    def policy_point(self, family: str, setting: str, policy: RankPolicy, whiten: bool,
+                     refit: bool = False) -> dict[str, Any]:
         started = time.perf_counter()
-        model, plan = compress(self.model, policy, context=self.context(whiten), spectra=self.spectra)
+        model, plan = compress(self.model, policy, context=self.context(whiten, refit), spectra=self.spectra)
         return self.point(family, setting, model, plan, time.perf_counter() - started)
 
-    def budget_model(self, budget: Budget) -> tuple[nn.Module, CompressionPlan, dict[str, Any], float]:
+    def budget_model(self, budget: Budget, refit: bool = False) -> tuple[nn.Module, CompressionPlan, dict[str, Any],
+                                                                         float]:
+        """Budget mode: whitened factors, ranks by measured sensitivity; ``refit``: then the sequential
+        refit of the chosen plan (the sensitivity table is measured once and shared)."""
         started = time.perf_counter()
         result = budget_compress(self.model, make_policy("energy"), self.spectra, budget,
                                  context=self.context(True), allocation="sensitivity",
                                  embed=lambda m: embed(m, self.dev), sample=self.dev[len(self.dev) // 2],
                                  measured_ranks=5)
+        if refit:
+            result.record["refit"] = refit_with_context(self.model, result.model, self.context(True, refit=True))
         return result.model, result.plan, result.record, time.perf_counter() - started
 
 
@@ -170,6 +189,9 @@ def curve(bench: Bench, quick: bool) -> list[dict[str, Any]]:
     for error in (() if quick else (0.1, 0.2)):
         rows.append(bench.policy_point("data (whitened)", f"max-error {error}",
                                        make_policy("data", max_error=error), False))
+    for rank in ranks[:1]:
+        rows.append(bench.policy_point("uniform (whitened+refit)", f"rank {rank}", make_policy("uniform", rank=rank),
+                                       True, refit=True))
     started = time.perf_counter()
     targets = (0.9,) if quick else (0.95, 0.9)
     for target in targets:
@@ -177,17 +199,21 @@ def curve(bench: Bench, quick: bool) -> list[dict[str, Any]]:
         rows.append(bench.point("budget (whitened+sensitivity)", f"dev cos ≥ {target}", model, plan, seconds,
                                 dev_cosine=record["result"]["value"]))
     bench.result["budget_seconds_all_targets"] = round(time.perf_counter() - started, 1)
+    for fraction in ((0.5,) if quick else (0.75, 0.667, 0.6, 0.5)):
+        model, plan, record, seconds = bench.budget_model(Budget(target_params=fraction), refit=True)
+        rows.append(bench.point("budget (sensitivity) + refit", f"target-params {fraction}", model, plan, seconds))
     return rows
 
 
-def distilled(bench: Bench, quick: bool, steps: int, minutes: float) -> tuple[nn.Module, dict[str, Any]]:
-    """The 2x model (sensitivity allocation), then label-free distillation."""
+def distilled(bench: Bench, quick: bool, steps: int, minutes: float, recipe: dict[str, Any],
+              refit: bool = True) -> tuple[nn.Module, dict[str, Any]]:
+    """The 2x model (sensitivity allocation, then the sequential refit), then label-free distillation."""
     started = time.perf_counter()
-    model, plan, record, seconds = bench.budget_model(Budget(target_params=0.5))
-    before = bench.point("budget (whitened+sensitivity)", "target-params 0.5", model, plan, seconds)
-    settings = DistillSettings(steps=20 if quick else steps, lr=3e-4, warmup=10, eval_every=10 if quick else 25,
-                               token_weight=1.0, cosine_weight=1.0, hidden_weight=1.0,
-                               max_seconds=minutes * 60, threads=1, seed=0)
+    model, plan, record, seconds = bench.budget_model(Budget(target_params=0.5), refit=refit)
+    before = bench.point("budget (sensitivity)" + (" + refit" if refit else ""), "target-params 0.5", model, plan,
+                         seconds)
+    settings = DistillSettings(steps=20 if quick else steps, eval_every=10 if quick else 25,
+                               max_seconds=minutes * 60, threads=1, seed=0, **recipe)
     result = distill(model, bench.model, bench.train, bench.dev, settings, progress=True, log=bench.log)
     after = bench.point("distilled (label-free)", f"{result.steps_done} steps", model, plan, result.seconds)
     wall = time.perf_counter() - started
@@ -279,7 +305,7 @@ def markdown(result: dict[str, Any], command: str) -> str:
         d = result["distill"]
         lines += ["## Label-free distillation of the 2x model", "",
                   "| stage | ratio | mean cos | 5th pct |", "|---|---|---|---|",
-                  f"| before (whitened + sensitivity) | {d['before']['param_ratio']:.2f}x | {d['before']['cosine_mean']:.4f} "
+                  f"| before: {d['before']['family']} | {d['before']['param_ratio']:.2f}x | {d['before']['cosine_mean']:.4f} "
                   f"| {d['before']['cosine_p5']:.4f} |",
                   f"| after {d['distill']['steps_done']} steps (best dev step {d['distill']['best_step']}) | "
                   f"{d['after']['param_ratio']:.2f}x | {d['after']['cosine_mean']:.4f} | {d['after']['cosine_p5']:.4f} |",
@@ -308,6 +334,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small splits and few points (a smoke run)")
     parser.add_argument("--distill-steps", type=int, default=600)
     parser.add_argument("--distill-minutes", type=float, default=12.0, help="stop distilling after this long")
+    parser.add_argument("--distill-lr", type=float, default=3e-4)
+    parser.add_argument("--distill-warmup", type=int, default=10)
+    parser.add_argument("--hidden-weight", type=float, default=1.0, help="distillation: per-layer hidden-state loss")
+    parser.add_argument("--dropout", action=argparse.BooleanOptionalAction, default=True,
+                        help="distill the student with dropout on (training mode)")
+    parser.add_argument("--no-refit", action="store_true", help="distill the budget model without the refit")
+    parser.add_argument("--train-sentences", type=int, default=1600, help="distillation sentences")
     parser.add_argument("--latency-rank", type=int,
                         help="latency only: time the plain-SVD uniform rank-R model instead of distilling one")
     parser.add_argument("--bench-seconds", type=float, default=60.0, help="timed seconds per sequence length")
@@ -320,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     sections = set(args.sections.split(","))
     started = time.perf_counter()
     load_start = os.getloadavg()
-    bench = Bench(args.quick, log)
+    bench = Bench(args.quick, log, train=args.train_sentences)
     bench.result.update(load_start=[round(v, 2) for v in load_start], cpu=provenance.collect(threads=1).get("cpu"))
     command = "HF_HUB_OFFLINE=1 python benchmarks/minilm.py " + " ".join(argv if argv is not None else sys.argv[1:])
 
@@ -342,7 +375,10 @@ def main(argv: list[str] | None = None) -> int:
         bench.result["latency_model"] = bench.point("uniform (SVD)", f"rank {args.latency_rank}", compressed, plan, 0.0)
     elif "distill" in sections or "latency" in sections:
         log("2x model and label-free distillation:")
-        compressed, bench.result["distill"] = distilled(bench, args.quick, args.distill_steps, args.distill_minutes)
+        recipe = {"lr": args.distill_lr, "warmup": args.distill_warmup, "token_weight": 1.0, "cosine_weight": 1.0,
+                  "hidden_weight": args.hidden_weight, "dropout": args.dropout}
+        compressed, bench.result["distill"] = distilled(bench, args.quick, args.distill_steps, args.distill_minutes,
+                                                        recipe, refit=not args.no_refit)
         save()
     if "latency" in sections and compressed is not None:
         log("ONNX latency:")

@@ -11,9 +11,10 @@ from torch import nn
 
 from edgecompress.errors import InputError
 from edgecompress.lowrank.calibration import calibrate
+from edgecompress.lowrank.budget import Budget, budget_compress
 from edgecompress.lowrank.embedding import cosine_stats, embed
 from edgecompress.lowrank.factorize import LowRankLinear, compress
-from edgecompress.lowrank.policies import PolicyContext, UniformPolicy
+from edgecompress.lowrank.policies import EnergyPolicy, PolicyContext, UniformPolicy
 from edgecompress.lowrank.output_metric import output_metrics
 from edgecompress.lowrank.refit import execution_stages, refit
 from edgecompress.lowrank.spectrum import model_spectra
@@ -173,3 +174,28 @@ def test_refit_takes_a_plain_array_for_a_single_input_model() -> None:
     # each layer reads a fresh tensor (Python may reuse a freed tensor's id: stages must not merge)
     assert execution_stages(model, x[:4], ["0", "2", "4"]) == [["0"], ["2"], ["4"]]
     assert after < before
+
+
+def test_policy_context_refit_applies_to_compress_and_to_the_budget_result() -> None:
+    """``PolicyContext(refit_data=...)`` refits what ``compress`` returns (same ranks, better held-out
+    cosine) and the plan a cosine budget chose (recorded with the validation cosine before and after)."""
+    model = make_encoder(layers=2)
+    spectra = model_spectra(model)
+    calibration_batches = token_batches(8, 16, seed=1)
+    validation = token_batches(3, 16, seed=2)
+    stats = calibrate(model, calibration_batches, list(spectra))
+    plain, plan = compress(model, UniformPolicy(6), context=PolicyContext(calibration=stats.layers, whiten=True))
+    context = PolicyContext(calibration=stats.layers, whiten=True, refit_data=calibration_batches, refit_metric=True)
+    refitted, refit_plan = compress(model, UniformPolicy(6), context=context)
+    assert refit_plan.ranks == plan.ranks
+    reference = embed(model, validation)
+    assert cosine_stats(embed(refitted, validation), reference)[0] > cosine_stats(embed(plain, validation), reference)[0]
+    assert context.extras["refit"]["metric"].startswith("embedding")
+    assert set(context.extras["refit"]["layers"]) == set(spectra)
+
+    budget_context = PolicyContext(calibration=stats.layers, whiten=True, refit_data=calibration_batches)
+    result = budget_compress(model, EnergyPolicy(), spectra, Budget(min_cosine=0.9), context=budget_context,
+                             allocation="threshold", embed=lambda m: embed(m, validation))
+    cosines = result.record["refit"]["validation_cosine"]
+    assert cosines["before"] >= 0.9 and cosines["after"] > cosines["before"]
+    assert cosine_stats(embed(result.model, validation), reference)[0] == pytest.approx(cosines["after"], abs=1e-5)

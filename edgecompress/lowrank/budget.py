@@ -451,6 +451,7 @@ def budget_compress(model: nn.Module, policy: RankPolicy, spectra: Mapping[str, 
     ranks = plans[index]
     compressed, plan = apply_ranks(model, dict(spectra), dict(ranks),
                                    {"name": policy.name, "budget": budget.to_json(), "knob": knob}, factors=factors)
+    refitted = _refit_chosen(model, compressed, context, embed)
     visited = {r for step in search.path for r in step["ranks"].values()}
     record = {
         "budget": budget.to_json(), "knob": knob, "allocation": allocation, "round_to": context.round_to,
@@ -462,7 +463,27 @@ def budget_compress(model: nn.Module, policy: RankPolicy, spectra: Mapping[str, 
         "path": search.path, "ranks": dict(ranks),
         "result": next(step for step in search.path if step["candidate"] == index),
     }
+    if refitted is not None:
+        record["refit"] = refitted
     return BudgetResult(compressed, plan, record)
+
+
+def _refit_chosen(model: nn.Module, compressed: nn.Module, context: PolicyContext,
+                  embed: Callable[[nn.Module], torch.Tensor] | None) -> dict[str, Any] | None:
+    """The sequential refit of the chosen plan when ``context.refit_data`` asks for it (the search chose
+    on the un-refit candidates, so the target still holds; the refit's own gain is recorded)."""
+    from edgecompress.lowrank.refit import refit_with_context
+
+    if context.refit_data is None:
+        return None
+    dense = embed(model) if embed is not None else None
+    before = cosine_stats(embed(compressed), dense) if dense is not None else None
+    record = refit_with_context(model, compressed, context)
+    if before is not None and record is not None:
+        after = cosine_stats(embed(compressed), dense)
+        record["validation_cosine"] = {"before": round(before[0], 6), "after": round(after[0], 6),
+                                       "p5_before": round(before[1], 6), "p5_after": round(after[1], 6)}
+    return record
 
 
 def _check_options(policy: RankPolicy, budget: Budget, allocation: str, confidence: float,

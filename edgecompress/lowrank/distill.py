@@ -49,6 +49,7 @@ class DistillSettings:
     trainable: str = "all-but-embeddings"  # or "factors": only the LowRankLinear factor pairs
     mask_key: str = "attention_mask"
     clip: float = 1.0  # gradient norm clip (0: none)
+    dropout: bool = True  # train the student in training mode (dropout on); False: eval mode, no dropout
 
     def __post_init__(self) -> None:
         if self.steps < 0 or self.eval_every < 1:
@@ -201,7 +202,7 @@ def distill(student: nn.Module, teacher: nn.Module, train: Sequence[Batch], held
                 if not order:
                     order = torch.randperm(len(train), generator=generator).tolist()
                 index = order.pop()
-                student.train()
+                student.train(settings.dropout)
                 batch = train[index]
                 loss = distill_loss(_run(student, batch, settings.hidden_weight > 0), targets[index],
                                     mask_of(batch, settings.mask_key), settings)

@@ -195,7 +195,8 @@ def compress(model: nn.Module, policy: RankPolicy, *, exclude: str | None = None
         policy: a rank policy (``UniformPolicy(32)``, ``EnergyPolicy(0.95)`` ...).
         exclude: regular expression on qualified layer names to keep dense.
         context: calibration data / evaluator for policies that need them; ``context.whiten``
-            makes any policy rank and factor the activation-whitened spectra.
+            makes any policy rank and factor the activation-whitened spectra; ``context.refit_data``
+            refits the factors in order on the compressed prefix's inputs (lowrank/refit.py).
         spectra: precomputed spectra (``model_spectra(model, exclude)``) to skip the SVDs.
 
     Returns:
@@ -209,6 +210,9 @@ def compress(model: nn.Module, policy: RankPolicy, *, exclude: str | None = None
         chosen_on = whiten(spectra, context)
     ranks = round_ranks(policy.plan(chosen_on, context), spectra, context.round_to)
     compressed, plan = apply_ranks(model, spectra, ranks, policy.to_json(), factors=context.factors)
+    from edgecompress.lowrank.refit import refit_with_context  # (refit imports this module)
+
+    refit_with_context(model, compressed, context)
     return compressed, with_unplanned_layers(plan, model, excluded_reason(exclude)) if exclude else plan
 
 

@@ -36,6 +36,13 @@ class PolicyContext:
     # with calibration: every policy chooses ranks on, and factors, the activation-whitened spectrum
     # (SVD of W L, L the Cholesky factor of the input second moment; SVD-LLM's truncation-aware whitening)
     whiten: bool = False
+    # calibration inputs (an array, a dict of named arrays, or a list of batches) for the sequential refit:
+    # once the ranks are chosen, every factor pair is refit in execution order to its dense layer's output
+    # on the inputs the compressed prefix produces, biases corrected (lowrank/refit.py; SVD-LLM's update)
+    refit_data: Any = None
+    # with refit_data: weigh each layer's refit error by how much it moves the sentence embedding
+    # (label-free Fisher metric, lowrank/output_metric.py; embedding models only)
+    refit_metric: bool = False
 
     def __post_init__(self) -> None:
         if self.round_to < 1:

@@ -302,3 +302,34 @@ def _refit_layer(name: str, linear: nn.Module, pair: LowRankLinear, m: _Moments,
     after_bias = dense_bias if new_bias is None else new_bias.to(torch.float64)
     after = _output_error(second.to(torch.float64) @ first.to(torch.float64), after_bias, weight, dense_bias, m)
     return RefitRecord(name, pair.rank, before, after)
+
+
+def refit_with_context(dense: nn.Module, compressed: nn.Module, context: Any) -> dict[str, Any] | None:
+    """The refit ``context`` (a ``PolicyContext``) asks for, if any: refits ``compressed`` in place and
+    returns its record for build.json (also kept in ``context.extras["refit"]``)."""
+    if context is None or context.refit_data is None:
+        return None
+    from edgecompress.lowrank.output_metric import output_metrics
+
+    batches = batches_of(context.refit_data, 64)
+    pairs = [name for name, m in compressed.named_modules() if isinstance(m, LowRankLinear)]
+    metrics = None
+    if context.refit_metric:  # depends on the dense model and the data only: cached for several plans
+        key = (id(dense), id(context.refit_data))
+        cached = context.extras.get("output_metrics")
+        if cached is None or cached[0] != key:
+            context.extras["output_metrics"] = cached = (key, {})
+        missing = [name for name in pairs if name not in cached[1]]
+        if missing:
+            cached[1].update(output_metrics(dense, batches, missing, progress=context.on_progress))
+        metrics = cached[1]
+    records = refit(dense, compressed, batches, metrics=metrics, progress=context.on_progress)
+    record = {"metric": "embedding output (label-free Fisher)" if metrics else "layer output",
+              "samples": sum(_samples(b) for b in batches),
+              "layers": {name: r.to_json() for name, r in records.items()}}
+    context.extras["refit"] = record
+    return record
+
+
+def _samples(batch: Any) -> int:
+    return int(next(iter(batch.values())).shape[0]) if isinstance(batch, Mapping) else int(batch.shape[0])
