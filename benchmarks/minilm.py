@@ -139,6 +139,7 @@ class Bench:
         return self._calib_batches
 
     _calib_batches: Batches | None = None
+    save: Callable[[], None] = staticmethod(lambda: None)  # main() sets it: write the results so far
 
     _extras: dict[str, Any] = {}  # whitened decompositions and the sensitivity table, computed once
 
@@ -172,25 +173,28 @@ class Bench:
         return result.model, result.plan, result.record, time.perf_counter() - started
 
 
-def curve(bench: Bench, quick: bool) -> list[dict[str, Any]]:
-    """Post-training quality vs compression for every policy."""
+def curve(bench: Bench, quick: bool, rows_kind: str = "all", fractions: tuple[float, ...] = (0.667, 0.5)) -> list[dict[str, Any]]:
+    """Post-training quality vs compression for every policy (``rows_kind`` "refit": only the whitened
+    baselines and the refit rows, the plain-SVD rows being in an earlier result)."""
     ranks = (128,) if quick else (128, 160, 192)
-    rows = []
-    for rank in ranks[::2]:
+    rows: list[dict[str, Any]] = []
+    bench.result["curve"] = rows  # saved as it grows (bench.save)
+    full = rows_kind == "all"
+    for rank in (ranks[::2] if full else ()):
         rows.append(bench.policy_point("uniform (SVD)", f"rank {rank}", make_policy("uniform", rank=rank), False))
-    for threshold in (() if quick else (0.9,)):
+    for threshold in (() if quick or not full else (0.9,)):
         rows.append(bench.policy_point("energy (SVD)", f"τ={threshold}", make_policy("energy", threshold=threshold),
                                        False))
-    for rank in ranks:
+    for rank in (ranks if full else ranks[:1]):
         rows.append(bench.policy_point("uniform (whitened)", f"rank {rank}", make_policy("uniform", rank=rank), True))
-    for threshold in ((0.95,) if quick else (0.98, 0.99, 0.995)):
+    for threshold in ((0.95,) if quick else (0.98, 0.99, 0.995) if full else ()):
         rows.append(bench.policy_point("energy (whitened)", f"output τ={threshold}",
                                        make_policy("energy", threshold=threshold), True))
-    for error in (() if quick else (0.1, 0.2)):
+    for error in (() if quick or not full else (0.1, 0.2)):
         rows.append(bench.policy_point("data (whitened)", f"max-error {error}",
                                        make_policy("data", max_error=error), False))
     for rank in ranks[:1]:
-        rows.append(bench.policy_point("uniform (whitened+refit)", f"rank {rank}", make_policy("uniform", rank=rank),
+        rows.append(bench.policy_point("uniform (whitened) + refit", f"rank {rank}", make_policy("uniform", rank=rank),
                                        True, refit=True))
     started = time.perf_counter()
     targets = (0.9,) if quick else (0.95, 0.9)
@@ -199,17 +203,32 @@ def curve(bench: Bench, quick: bool) -> list[dict[str, Any]]:
         rows.append(bench.point("budget (whitened+sensitivity)", f"dev cos ≥ {target}", model, plan, seconds,
                                 dev_cosine=record["result"]["value"]))
     bench.result["budget_seconds_all_targets"] = round(time.perf_counter() - started, 1)
-    for fraction in ((0.5,) if quick else (0.75, 0.667, 0.6, 0.5)):
-        model, plan, record, seconds = bench.budget_model(Budget(target_params=fraction), refit=True)
-        rows.append(bench.point("budget (sensitivity) + refit", f"target-params {fraction}", model, plan, seconds))
+    for fraction in ((0.5,) if quick else fractions):
+        model, plan, record, seconds = bench.budget_model(Budget(target_params=fraction))
+        rows.append(bench.point("budget (whitened+sensitivity)", f"target-params {fraction}", model, plan, seconds))
+        started = time.perf_counter()
+        record["refit"] = refit_with_context(bench.model, model, bench.context(True, refit=True))
+        rows.append(bench.point("budget (sensitivity) + refit", f"target-params {fraction}", model, plan,
+                                seconds + time.perf_counter() - started))
+        bench.save()
     return rows
 
 
 def distilled(bench: Bench, quick: bool, steps: int, minutes: float, recipe: dict[str, Any],
-              refit: bool = True) -> tuple[nn.Module, dict[str, Any]]:
-    """The 2x model (sensitivity allocation, then the sequential refit), then label-free distillation."""
+              refit: bool = True, start: Path | None = None, keep_start: Path | None = None) -> tuple[nn.Module,
+                                                                                                    dict[str, Any]]:
+    """The 2x model (sensitivity allocation, then the sequential refit), then label-free distillation.
+
+    ``keep_start`` saves the model distillation starts from (torch.save of the module) and ``start``
+    loads one instead of compressing, so several recipes can start from one compression.
+    """
     started = time.perf_counter()
-    model, plan, record, seconds = bench.budget_model(Budget(target_params=0.5), refit=refit)
+    if start is not None:
+        model, plan, record, seconds = torch.load(start, weights_only=False)  # a file this script wrote
+    else:
+        model, plan, record, seconds = bench.budget_model(Budget(target_params=0.5), refit=refit)
+    if keep_start is not None:
+        torch.save((model, plan, record, seconds), keep_start)
     before = bench.point("budget (sensitivity)" + (" + refit" if refit else ""), "target-params 0.5", model, plan,
                          seconds)
     settings = DistillSettings(steps=20 if quick else steps, eval_every=10 if quick else 25,
@@ -340,7 +359,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dropout", action=argparse.BooleanOptionalAction, default=True,
                         help="distill the student with dropout on (training mode)")
     parser.add_argument("--no-refit", action="store_true", help="distill the budget model without the refit")
+    parser.add_argument("--curve-rows", choices=("all", "refit"), default="all",
+                        help="curve: every policy, or only the whitened baselines and the refit rows")
+    parser.add_argument("--params-fractions", default="0.667,0.5",
+                        help="curve: Linear-parameter fractions of the budget (+ refit) rows")
     parser.add_argument("--train-sentences", type=int, default=1600, help="distillation sentences")
+    parser.add_argument("--keep-start", type=Path, help="distill: save the compressed start model here")
+    parser.add_argument("--start", type=Path, help="distill: start from a model saved by --keep-start")
     parser.add_argument("--latency-rank", type=int,
                         help="latency only: time the plain-SVD uniform rank-R model instead of distilling one")
     parser.add_argument("--bench-seconds", type=float, default=60.0, help="timed seconds per sequence length")
@@ -365,9 +390,12 @@ def main(argv: list[str] | None = None) -> int:
             args.out.with_suffix(".json").write_text(json.dumps(bench.result, indent=1, default=str) + "\n")
             args.out.with_suffix(".md").write_text(markdown(bench.result, command))
 
+    bench.save = save
+
     if "curve" in sections:
         log("post-training curve (test split):")
-        bench.result["curve"] = curve(bench, args.quick)
+        bench.result["curve"] = curve(bench, args.quick, args.curve_rows,
+                                      tuple(float(f) for f in args.params_fractions.split(",")))
         save()
     compressed = None
     if args.latency_rank:
@@ -378,7 +406,8 @@ def main(argv: list[str] | None = None) -> int:
         recipe = {"lr": args.distill_lr, "warmup": args.distill_warmup, "token_weight": 1.0, "cosine_weight": 1.0,
                   "hidden_weight": args.hidden_weight, "dropout": args.dropout}
         compressed, bench.result["distill"] = distilled(bench, args.quick, args.distill_steps, args.distill_minutes,
-                                                        recipe, refit=not args.no_refit)
+                                                        recipe, refit=not args.no_refit, start=args.start,
+                                                        keep_start=args.keep_start)
         save()
     if "latency" in sections and compressed is not None:
         log("ONNX latency:")
