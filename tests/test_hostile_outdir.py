@@ -191,6 +191,12 @@ def gated_model(small_mlp: Any, tmp_path_factory: pytest.TempPathFactory) -> tup
     return folder / "gated.pt", folder / "gated.py"
 
 
+def _default_sigint() -> None:
+    """In the child: Ctrl-C's default action, as in a terminal (a child inherits an ignored SIGINT, and then
+    Python installs no KeyboardInterrupt handler at all)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _wait_for(path: Path, process: subprocess.Popen, timeout: float = 300) -> bool:
     """Until ``path`` exists (True) or the process ends / time runs out (False)."""
     deadline = time.monotonic() + timeout
@@ -215,7 +221,7 @@ def test_signal_mid_build(sig: signal.Signals, gated_model: tuple[Path, Path], e
     process = subprocess.Popen([sys.executable, "-m", "edgecompress", "build", str(weights), "--factory",
                                 f"{factory}:make", "--input-shape", "2x64", "--out", str(out), *BUILD],
                                env={**scrub_env(), "EDGECOMPRESS_TEST_GATE": str(gate)},
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               preexec_fn=_default_sigint, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         if not _wait_for_staging(out, process):
             pytest.fail(f"the build never staged: {process.communicate()}")
