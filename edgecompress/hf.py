@@ -61,6 +61,11 @@ class SentenceEmbedding(nn.Module):
         self.model, self.mode, self.normalize = model, mode, normalize
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"sentence_embedding": self.pooled_and_tokens(input_ids, attention_mask)[0]}
+
+    def pooled_and_tokens(self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sentence embedding, token states): distillation also matches the tokens."""
         tokens = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         mask = attention_mask.unsqueeze(-1).to(tokens.dtype)
         if self.mode == "cls":
@@ -71,7 +76,7 @@ class SentenceEmbedding(nn.Module):
             pooled = masked_mean(tokens, attention_mask)
         if self.normalize:
             pooled = nn.functional.normalize(pooled, p=2, dim=1)
-        return {"sentence_embedding": pooled}
+        return pooled, tokens
 
 
 class TokenModel(nn.Module):

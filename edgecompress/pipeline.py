@@ -16,8 +16,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgecompress import coverage, hf, outdir, provenance, quality, validate
+from edgecompress import coverage, embed_io, hf, outdir, provenance, quality, validate
 from edgecompress.data import Dataset, hold_out, load_dataset, load_named_npz, num_samples, validation_spec
+from edgecompress.distill_step import DistillOptions, distill_step, split as distill_split
 from edgecompress.errors import InputError
 from edgecompress.export import onnx as onnx_export
 from edgecompress.export import quantize as int8_export
@@ -39,6 +40,7 @@ from edgecompress.bench.metrics import accuracy, macro_f1, top1
 
 Progress = Callable[[str], None]
 DEFAULT_CALIB_SAMPLES = 1024
+SENSITIVITY_BATCH = 32  # named-input samples in the budget's per-layer sensitivity measurement
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,7 @@ class BuildConfig:
     calib_data: str | None = None
     calib_samples: int | None = None  # None: default_calib_samples (1024, or the widest selected layer's inputs)
     max_accuracy_drop: float | None = None
+    min_cosine: float | None = None  # budget mode: mean cosine of the quality output's embeddings on --eval-split
     eval_split: str | None = None
     target_params: float | None = None
     target_size: int | None = None
@@ -81,6 +84,7 @@ class BuildConfig:
     epochs: int | None = None  # None: the method's default (fine-tuning 3, SVD training 2)
     distill_weight: float = 0.5
     training: dict[str, Any] = field(default_factory=dict)  # lr, batch_size, temperature, threads, finetune_epochs, val
+    distill: DistillOptions | None = None  # label-free distillation after compression (distill_step.py)
     # extra targets (export/tflite.py, export/quantize.py)
     quantize: str | None = None
     batch: int = 1
@@ -97,7 +101,7 @@ class BuildConfig:
     @property
     def budget(self) -> Budget | None:
         """The budget-mode target, or None for a policy's own ranks."""
-        targets = (self.max_accuracy_drop, self.target_params, self.target_size)
+        targets = (self.max_accuracy_drop, self.target_params, self.target_size, self.min_cosine)
         return Budget(*targets) if any(target is not None for target in targets) else None
 
 
@@ -234,7 +238,7 @@ def _eval_dataset(config: BuildConfig, io: ModelIO) -> Dataset | None:
 
 
 def _validation_split(config: BuildConfig, io: ModelIO) -> Dataset | None:
-    """--eval-split: labelled validation data for budget search (refuses a test split)."""
+    """--eval-split: validation data for budget search, labelled for --max-accuracy-drop (refuses a test split)."""
     if config.eval_split is None:
         return None
     if config.eval_split.endswith(":test") or config.eval_split == config.eval_data:
@@ -242,8 +246,9 @@ def _validation_split(config: BuildConfig, io: ModelIO) -> Dataset | None:
         raise InputError(f"--eval-split {config.eval_split} is {what}: search on a validation split "
                          "(e.g. mnist:val, digits:val) and keep the test split for --eval")
     data = _model_dataset(config.eval_split, "val", None, io, "--eval-split", config.model)
-    if data.y is None:
-        raise InputError(f"--eval-split data {data.name} has no labels (an .npz needs a 'y' array)")
+    if data.y is None and config.max_accuracy_drop is not None:
+        raise InputError(f"--eval-split data {data.name} has no labels (an .npz needs a 'y' array); "
+                         "--max-accuracy-drop measures accuracy")
     return data
 
 
@@ -321,13 +326,17 @@ def kept_dense(model: nn.Module, io: ModelIO, config: BuildConfig) -> dict[str, 
 def _check_calibration(config: BuildConfig) -> None:
     """--calib is given exactly when something uses it (a data policy, budget mode, static int8)."""
     static = "int8-static" in int8_export.quantize_kinds(config.quantize)
+    budget = config.budget  # refuses several targets or out-of-range values before any work
     if (config.policy.needs_calibration or static) and config.calib_data is None:
         needs = "--quantize int8-static" if static else f"--policy {config.policy.name}"
         raise InputError(f"{needs} needs calibration data: add --calib DATA "
                          "(an .npz, an MNIST-style folder such as mnist:train, or digits:train)")
+    if config.min_cosine is not None and config.eval_split is None:
+        raise InputError("--min-cosine needs --eval-split DATA: the validation inputs whose embeddings are compared "
+                         "with the dense model's (labels not needed; never the test set)")
     if config.whiten and config.calib_data is None:
         raise InputError("--whiten needs calibration data: add --calib DATA (the layer inputs it whitens)")
-    if config.calib_data is not None and not (config.policy.needs_calibration or config.budget or static
+    if config.calib_data is not None and not (config.policy.needs_calibration or budget or static
                                               or config.whiten):
         raise InputError(f"--calib is not used by --policy {config.policy.name}: it feeds --policy data/ddlr-convex, "
                          "--whiten, budget mode and --quantize int8-static; drop it or use one of those")
@@ -361,19 +370,34 @@ def _compress_stage(config: BuildConfig, model: nn.Module, io: ModelIO, calib: D
         inputs = validation.x if validation is not None else calib.x if calib is not None else None
         result = budget_compress(
             model, config.policy, spectra, budget, context=context, allocation=config.allocation,
-            confidence=config.confidence, inputs=inputs,
-            evaluate=None if validation is None else (lambda m: torch_outputs(m, validation.x, io=io).argmax(-1) == validation.y),
+            confidence=config.confidence, **sensitivity_inputs(model, inputs, io),
+            evaluate=None if validation is None or validation.y is None
+            else (lambda m: torch_outputs(m, validation.x, io=io).argmax(-1) == validation.y),
+            embed=None if validation is None else (lambda m: embed_io.embeddings(m, validation.x, io)),
             size_of=size_measure(config, io, None if calib is None else calib.x))
         compressed, plan = result.model, result.plan
         record["search"] = result.record
         if budget.target_size is not None:
             kind = size_measured_kind(config)
             record["search"]["budget"]["measures"] = "ONNX" if kind is None else f"{kind} ONNX"
+        if budget.min_cosine is not None:
+            record["search"]["budget"].update(output=io.quality_output, split=validation.name,
+                                              measures="mean cosine of sentence embeddings vs dense")
     if "calibration" in record:
         record["calibration"]["relative_error"] = data_errors(context, plan.ranks)
     if "ddlr_convex" in context.extras:
         record["ddlr_convex"] = context.extras["ddlr_convex"]
     return compressed, whole_model_plan(plan, model, config, reasons), record
+
+
+def sensitivity_inputs(model: nn.Module, inputs: Batch | None, io: ModelIO) -> dict[str, Any]:
+    """budget_compress's inputs for the sensitivity table: an array (one-input models) or one batch of
+    named inputs (``sample``) when the model takes them as keyword arguments; none otherwise (the
+    threshold allocation then orders the plans)."""
+    if inputs is None or isinstance(inputs, np.ndarray):
+        return {"inputs": inputs}
+    sample = embed_io.named_batches(inputs, io, SENSITIVITY_BATCH)[0]
+    return {"sample": sample} if embed_io.keyword_callable(model, sample) else {}
 
 
 def evaluate_runner(runner: Callable[[Batch], Any], data: Dataset) -> dict[str, Any]:
@@ -648,6 +672,12 @@ def _build(config: BuildConfig, folder: outdir.OutputFolder, progress: Progress 
         io = resolve_io(loaded, inputs=config.inputs, input_shape=config.input_shape, seq=config.seq,
                         quality_output=config.quality_output, seed=config.seed)
         _check_io_targets(config, io)
+        if config.min_cosine is not None or config.distill is not None:
+            embed_io.check_embeddable(loaded.module, io)
+        distill_data = None
+        if config.distill is not None:
+            distill_data = _model_dataset(config.distill.data, "train", None, io, "--distill", config.model)
+            distill_split(distill_data)  # enough samples for a held-out split, refused before any work
         control_flow = validate.control_flow_linears(loaded.module)
         samples = verify_samples(loaded.module, io, config.verify_samples)
         random = random_batch(io, samples, config.seed)
@@ -667,6 +697,11 @@ def _build(config: BuildConfig, folder: outdir.OutputFolder, progress: Progress 
         with timings.stage("train", progress):
             compressed, plan, ranks_record["training"] = _train_stage(config, loaded.module, io,
                                                                       progress is not None, compressed, plan)
+    if distill_data is not None:
+        with timings.stage("distill", progress):
+            ranks_record["distillation"] = distill_step(compressed, loaded.module, distill_data, io, config.distill,
+                                                        seed=config.seed, threads=config.threads,
+                                                        progress=progress is not None, log=progress)
     with timings.stage("reference", progress):
         sets = [(random, "random")] + ([] if eval_data is None else [(eval_data.x, "eval")])
         checks = _checks(sets, {"dense": loaded.module, "compressed": compressed}, io,

@@ -4,7 +4,6 @@ config: no download), the all-MiniLM-L6-v2 folder in one command (slow; skipped 
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import sys
 from pathlib import Path
@@ -17,7 +16,7 @@ from edgecompress.lowrank.policies import EnergyPolicy, UniformPolicy
 from edgecompress.pipeline import BuildConfig, build
 
 sys.path.insert(0, str(Path(__file__).parent))
-from zoo_models import ZOO  # noqa: E402
+from zoo_models import ZOO, tiny_bert  # noqa: E402
 
 
 def test_static_batch_pt2_is_verified_at_its_batch(tmp_path: Path) -> None:
@@ -40,19 +39,8 @@ def test_dynamic_batch_pt2_mlp_stays_dynamic(small_mlp_pt2: Path, tmp_path: Path
 
 
 def _tiny_bert(folder: Path, pooling: bool) -> Path:
-    transformers = pytest.importorskip("transformers")
-    torch.manual_seed(0)
-    config = transformers.BertConfig(vocab_size=60, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                                     intermediate_size=64, max_position_embeddings=32)
-    transformers.BertModel(config).save_pretrained(folder)
-    if pooling:
-        (folder / "modules.json").write_text(json.dumps([
-            {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-            {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
-            {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}]))
-        (folder / "1_Pooling").mkdir()
-        (folder / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_mean_tokens": True}))
-    return folder
+    pytest.importorskip("transformers")
+    return tiny_bert(folder, pooling)
 
 
 def test_hf_folder_sentence_embedding_builds_with_dynamic_batch_and_seq(tmp_path: Path) -> None:

@@ -6,6 +6,8 @@ Every factory is deterministic (seeded) and tiny, so the zoo stays fast. ``ZOO``
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 
@@ -199,3 +201,40 @@ ZOO = {
 # module-level factories for --factory tests/zoo_models.py:NAME
 for _name, (_factory, _) in ZOO.items():
     globals()[f"make_{_name}"] = _factory
+
+
+WORDS = ("the a cat dog bird sat ran sings on under mat tree house red blue big small fast slow and "
+         "near far green old young").split()
+
+
+def tiny_bert(folder: Path, pooling: bool, tokenizer: bool = False) -> Path:
+    """A random 2-layer BERT saved as a Hugging Face folder (no download); ``pooling``: with
+    sentence-transformers' modules.json (masked mean + normalize); ``tokenizer``: with a word-level
+    BERT tokenizer over :data:`WORDS`, so a text file of sentences is data."""
+    import json
+
+    import transformers
+
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=60, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                     intermediate_size=64, max_position_embeddings=32)
+    transformers.BertModel(config).save_pretrained(folder)
+    if pooling:
+        (folder / "modules.json").write_text(json.dumps([
+            {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+            {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+            {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}]))
+        (folder / "1_Pooling").mkdir()
+        (folder / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_mean_tokens": True}))
+    if tokenizer:
+        vocab = {word: i for i, word in enumerate(("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]") + tuple(WORDS))}
+        transformers.BertTokenizerFast(vocab=vocab).save_pretrained(folder)
+    return folder
+
+
+def sentences(count: int, seed: int = 0) -> list[str]:
+    """``count`` seeded random sentences of 2 to 12 words from :data:`WORDS`."""
+    import random
+
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 12))) for _ in range(count)]

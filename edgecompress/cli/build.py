@@ -72,10 +72,12 @@ HELP_GROUPS = (
                          "--round-to", "--whiten", "--svd", "--threads")),
     ("Data", DATA_SYNTAX, ("--eval", "--eval-samples", "--calib", "--calib-samples")),
     ("Budget mode (search the ranks for one target)", "",
-     ("--max-accuracy-drop", "--eval-split", "--target-params", "--target-size", "--allocation", "--confidence")),
+     ("--max-accuracy-drop", "--min-cosine", "--eval-split", "--target-params", "--target-size", "--allocation", "--confidence")),
     ("Training (fine-tuning, SVD training)", "",
      ("--finetune", "--train", "--epochs", "--distill-weight", "--val", "--lr", "--train-batch", "--temperature",
       "--train-threads", "--finetune-epochs", "--sparsity", "--lambda-orth", "--lambda-sparsity", "--prune-energy")),
+    ("Distillation without labels (after any policy; single- and multi-input models)", "",
+     ("--distill", "--distill-steps", "--distill-minutes", "--distill-lr", "--distill-batch")),
     ("Targets and quantization", "", ("--target", "--opset", "--no-simplify", "--quantize", "--int8-agreement",
                                       "--int4-agreement", "--batch")),
     ("Verification", "", ("--verify-samples", "--atol", "--rtol", "--seed")),
@@ -121,7 +123,11 @@ HELP_GROUPS = (
 @click.option("--calib-samples", type=int, default=None,
               help="Calibration samples.  [default: 1024, or the widest compressed layer's inputs rounded up to 256]")
 @click.option("--max-accuracy-drop", type=float, default=None, help="Budget mode: max accuracy drop in points on --eval-split.")
-@click.option("--eval-split", default=None, metavar="DATA", help="Budget mode: validation data (never the test set).")
+@click.option("--min-cosine", type=float, default=None,
+              help="Budget mode: the smallest model whose --quality-output keeps this mean cosine with the dense "
+                   "model's on --eval-split (sentence embeddings; token states are mean-pooled over the mask).")
+@click.option("--eval-split", default=None, metavar="DATA",
+              help="Budget mode: validation data (never the test set; unlabeled is fine for --min-cosine).")
 @click.option("--target-params", type=float, default=None, help="Budget mode: fraction of the compressible Linear layers' parameters to keep, e.g. 0.05 = 5% "
                    "(the dense head and --exclude'd layers are not counted).")
 @click.option("--target-size", "target_size_text", default=None, help="Budget mode: max compressed ONNX file size (the int4 file with --quantize int4, else the int8 one), e.g. '400 KB'.")
@@ -152,6 +158,15 @@ HELP_GROUPS = (
               help="svd-training: weight of the sparsity term.  [default: 0.3]")
 @click.option("--prune-energy", type=float, default=None,
               help="svd-training: prune each layer keeping energy >= 1 - e of sum(s^2).  [default: 0.1]")
+@click.option("--distill", "distill_data", default=None, metavar="DATA",
+              help="Train the compressed model to match the dense model's --quality-output on unlabeled DATA (an "
+                   ".npz with one array per input, a text file of sentences for a model folder with a tokenizer, or "
+                   "one-input data; labels ignored). The best state on a held-out 10% is kept; Ctrl-C stops early "
+                   "and keeps it.")
+@click.option("--distill-steps", type=int, default=600, help="Distillation: max training steps (batches).")
+@click.option("--distill-minutes", type=float, default=None, help="Distillation: max minutes of training.")
+@click.option("--distill-lr", type=float, default=1e-4, help="Distillation: peak learning rate (Adam, cosine decay).")
+@click.option("--distill-batch", type=int, default=16, help="Distillation: samples per step.")
 @click.option("--quantize", default=None, metavar="KINDS",
               help="Also write quantized files; one or a list of: int8 (<name>.int8.onnx weight-only dynamic, "
                    "<name>.int8.tflite dynamic range), int8-static (the same names, activations too, needs --calib), "
@@ -180,11 +195,11 @@ def build(model: Path, target_text: str, out: Path, name: str | None, input_shap
           exclude: str | None, compress_head: bool, opset: int, no_simplify: bool, eval_data: str | None, eval_samples: int | None,
           verify_samples: int, atol: float, rtol: float, calib_data: str | None, calib_samples: int | None,
           build_threads: int, svd_mode: str, whiten: bool,
-          max_accuracy_drop: float | None, eval_split: str | None, target_params: float | None,
+          max_accuracy_drop: float | None, min_cosine: float | None, eval_split: str | None, target_params: float | None,
           target_size_text: str | None, round_to: int, allocation: str, confidence: float, finetune_data: str | None, train_data: str | None,
           epochs: int | None, distill_weight: float, quantize: str | None, int8_agreement: float, int4_agreement: float,
-          batch: int, seed: int,
-          json_out: str | None, run_bench: bool, quiet: bool, **training_flags: float | int | str | None) -> None:
+          batch: int, seed: int, distill_data: str | None, distill_steps: int, distill_minutes: float | None,
+          distill_lr: float, distill_batch: int, json_out: str | None, run_bench: bool, quiet: bool, **training_flags: float | int | str | None) -> None:
     """Compress MODEL's Linear layers and export dense + compressed ONNX, verified.
 
     MODEL is a torch.export program (.pt2), a state_dict (.pt or .safetensors, with --factory), a
@@ -204,12 +219,15 @@ def build(model: Path, target_text: str, out: Path, name: str | None, input_shap
       edgecompress build model.pt2 --policy data --calib mnist:train --max-accuracy-drop 0.5 --eval-split mnist:val
       edgecompress build model.pt2 --target onnx,tflite --quantize int8-static --calib ../shared/datasets/mnist:val
       edgecompress build model.pt2 --quantize int8,int4 --target-size "74 KB" --eval-split mnist:val
+      edgecompress build all-MiniLM-L6-v2/ --whiten --calib calib.txt --min-cosine 0.95 --eval-split dev.txt
+      edgecompress build all-MiniLM-L6-v2/ --policy uniform --rank 128 --distill sentences.txt --distill-minutes 10
     """
     precheck(model, out)  # before torch loads (tens of seconds on a busy machine)
     from edgecompress.export.verify import Tolerance
     from edgecompress.load import parse_shape
     from edgecompress.spec import parse_input
     from edgecompress.lowrank.policies import make_policy
+    from edgecompress.distill_step import DistillOptions
     from edgecompress.pipeline import BuildConfig, build as run_build
 
     svd_options, training = split_training_flags(policy, training_flags)
@@ -221,12 +239,14 @@ def build(model: Path, target_text: str, out: Path, name: str | None, input_shap
                            **svd_options),
         exclude=exclude, keep_head=not compress_head, opset=opset, simplify=not no_simplify, eval_data=eval_data, eval_samples=eval_samples,
         verify_samples=verify_samples, tolerance=Tolerance(atol=atol, rtol=rtol), seed=seed,
-        calib_data=calib_data, calib_samples=calib_samples, max_accuracy_drop=max_accuracy_drop,
+        calib_data=calib_data, calib_samples=calib_samples, max_accuracy_drop=max_accuracy_drop, min_cosine=min_cosine,
         eval_split=eval_split, target_params=target_params, target_size=parse_size(target_size_text),
         round_to=round_to, allocation=allocation, confidence=confidence, finetune_data=finetune_data, train_data=train_data, epochs=epochs,
         distill_weight=distill_weight, training=training, quantize=quantize, int8_min_agreement=int8_agreement,
         int4_min_agreement=int4_agreement, batch=batch,
         threads=build_threads, svd=svd_mode, whiten=whiten,
+        distill=None if distill_data is None else DistillOptions(distill_data, distill_steps, distill_minutes,
+                                                                 distill_lr, distill_batch),
     )
     if policy == "ddlr-convex" and not quiet:
         console.print("[yellow]note[/]: ddlr-convex solves a convex program per layer (ADMM, up to 1,000 "

@@ -127,6 +127,10 @@ def budget_lines(record: dict[str, Any]) -> list[str]:
             confidence = (search.get("baseline") or {}).get("confidence")
             level = f" at {confidence:.0%} confidence" if confidence else ""
             measured += f", upper bound {bound:+.2f} pt{level} (the figure checked)"
+    elif budget["kind"] == "cosine":
+        target = (f"mean cosine ≥ {budget['min_cosine']:g} of {budget.get('output', 'the output')} "
+                  f"with the dense model on {budget.get('split', 'the validation data')}")
+        measured = f"measured {value:.4f} (p5 {result.get('cosine_p5', float('nan')):.4f})"
     elif budget["kind"] == "params":
         target = (f"keep ≤ {budget['target_params']:.2%} of the compressible Linear parameters "
                   "(the dense head and --exclude'd layers not counted)")
@@ -140,12 +144,24 @@ def budget_lines(record: dict[str, Any]) -> list[str]:
             f"{len(search.get('path', []))} evaluated)"]
 
 
+def distill_lines(record: dict[str, Any]) -> list[str]:
+    """--distill: steps, time, held-out cosine before -> after."""
+    run = record.get("distillation")
+    if not run:
+        return []
+    stopped = " (stopped by Ctrl-C, best state kept)" if run["interrupted"] else ""
+    return [f"distillation on {run['data']} ({run['train_samples']:,} samples, {run['held_out_samples']:,} held out): "
+            f"{run['steps']} steps in {run['minutes']:.1f} min{stopped}; held-out cosine of {run['output']} "
+            f"{run['held_out_cosine_before']:.4f} → {run['held_out_cosine_after']:.4f} "
+            f"(p5 {run['held_out_cosine_p5_before']:.4f} → {run['held_out_cosine_p5_after']:.4f})"]
+
+
 def print_build(record: dict[str, Any]) -> None:
     """Print the layer table, verification lines and artifact table to stdout."""
     stdout.print(layer_table(record))
     for line in budget_lines(record):
         stdout.print(line, highlight=False)
-    for line in training_lines(record):
+    for line in training_lines(record) + distill_lines(record):
         stdout.print(line, highlight=False)
     for line in verification_lines(record):
         stdout.print(line, markup=False)  # "[output_name]" is not rich markup

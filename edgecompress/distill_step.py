@@ -1,0 +1,140 @@
+"""``build --distill DATA``: label-free distillation of the compressed model after any policy.
+
+The data (an .npz, a text file of sentences for a model folder with a tokenizer, or any one-input
+dataset; labels are ignored) is split into training batches and a held-out split (its last 10%,
+at most 256 samples) on which the best state is kept. Training is
+:func:`edgecompress.lowrank.distill.distill` on the build's ``--quality-output`` (through
+:class:`edgecompress.embed_io.NamedInputs`). Steps and wall time are capped; Ctrl-C stops the
+training, keeps the best held-out state and lets the build go on (a second Ctrl-C aborts it).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Callable
+
+import numpy as np
+from torch import nn
+
+from edgecompress.data import Batch, Dataset, num_samples, slice_inputs
+from edgecompress.embed_io import NamedInputs, embeddings, named_batches
+from edgecompress.errors import InputError
+from edgecompress.lowrank.distill import DistillSettings, distill
+from edgecompress.lowrank.embedding import cosine_stats
+from edgecompress.spec import ModelIO, as_inputs
+
+HELD_OUT_FRACTION = 0.1
+HELD_OUT_MAX = 256
+BEST_MARK = "*best*"  # distill()'s log marks each new best held-out state with it
+
+
+@dataclass(frozen=True)
+class DistillOptions:
+    """What ``--distill`` and its flags ask for."""
+
+    data: str
+    steps: int = DistillSettings.steps
+    minutes: float | None = None  # wall-time cap of the training loop
+    lr: float = DistillSettings.lr
+    batch: int = 16
+
+    def __post_init__(self) -> None:
+        if self.steps < 1:
+            raise InputError(f"--distill-steps must be >= 1, got {self.steps}")
+        if self.minutes is not None and self.minutes <= 0:
+            raise InputError(f"--distill-minutes must be positive, got {self.minutes}")
+        if self.lr <= 0 or self.batch < 1:
+            raise InputError(f"--distill-lr must be > 0 and --distill-batch >= 1 (got {self.lr}, {self.batch})")
+
+    def settings(self, seed: int, threads: int, mask_key: str | None) -> DistillSettings:
+        return DistillSettings(steps=self.steps, lr=self.lr, warmup=min(20, max(1, self.steps // 10)),
+                               eval_every=max(1, min(50, self.steps // 8)), seed=seed, threads=threads,
+                               max_seconds=None if self.minutes is None else 60.0 * self.minutes,
+                               mask_key=mask_key or "attention_mask")
+
+
+def split(data: Dataset) -> tuple[Dataset, Dataset]:
+    """(training, held-out): the last 10% (at most 256, at least 1) held out."""
+    n = len(data)
+    held = min(HELD_OUT_MAX, max(1, round(n * HELD_OUT_FRACTION)))
+    if n - held < 1:
+        raise InputError(f"--distill data {data.name} has {n} sample(s): too few to hold out a split")
+    return (Dataset(slice_inputs(data.x, None, n - held), None, f"{data.name}[:-{held}]"),
+            Dataset(slice_inputs(data.x, n - held, None), None, f"{data.name}[-{held}:]"))
+
+
+def padded_batches(x: Batch, io: ModelIO, size: int, seed: int | None) -> list[dict[str, np.ndarray]]:
+    """Batches of named inputs; with an attention mask and a dynamic "seq" axis, samples are grouped by
+    length and each batch drops its all-padding tail columns (real tokens are never cut). ``seed``:
+    shuffle before grouping (training), None: keep the order (held-out)."""
+    named = as_inputs(x, io)
+    order = np.arange(num_samples(x))
+    if seed is not None:
+        order = np.random.default_rng(seed).permutation(order)
+    mask = named.get(io.mask_name) if io.mask_name else None
+    if mask is not None:
+        order = order[np.argsort(mask[order].reshape(len(order), -1).sum(1), kind="stable")]
+    batches = named_batches({name: array[order] for name, array in named.items()}, io, size)
+    return [_trim(batch, io) for batch in batches] if mask is not None else batches
+
+
+def _trim(batch: dict[str, np.ndarray], io: ModelIO) -> dict[str, np.ndarray]:
+    mask = batch[io.mask_name]
+    if mask.ndim != 2 or io.spec(io.mask_name).axes[1] != "seq":
+        return batch
+    used = np.flatnonzero(mask.any(0))
+    length = int(used[-1]) + 1 if used.size else 1
+    return {name: array[:, :length] if io.spec(name).axes[1:2] == ("seq",) else array
+            for name, array in batch.items()}
+
+
+def distill_step(student: nn.Module, teacher: nn.Module, data: Dataset, io: ModelIO, options: DistillOptions, *,
+                 seed: int = 0, threads: int = 1, progress: bool = False,
+                 log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Distill ``student`` (in place) towards ``teacher`` on ``data``; the build.json record."""
+    train, held = split(data)
+    adapter, teacher_adapter = NamedInputs(student, io), NamedInputs(teacher, io).eval()
+    train_batches = padded_batches(train.x, io, options.batch, seed)
+    held_batches = padded_batches(held.x, io, 64, None)
+    settings = options.settings(seed, threads, io.mask_name)
+    reference = embeddings(teacher, held.x, io)
+    before = cosine_stats(embeddings(student, held.x, io), reference)
+    best: dict[str, Any] = {}
+
+    def on_line(line: str) -> None:
+        if BEST_MARK in line:  # the state just evaluated is the best so far: kept for Ctrl-C
+            best["state"] = {k: v.detach().clone() for k, v in adapter.state_dict().items()}
+        if log:
+            log(line)
+
+    started, interrupted, result = time.perf_counter(), False, None
+    try:
+        result = distill(adapter, teacher_adapter, train_batches, held_batches, settings, progress=progress,
+                         log=on_line)
+    except KeyboardInterrupt:
+        if "state" not in best:
+            raise
+        interrupted = True
+        adapter.load_state_dict(best["state"])
+        for parameter in adapter.parameters():
+            parameter.requires_grad_(True)
+        if log:
+            log("distillation interrupted (Ctrl-C): the best held-out state so far is kept")
+    seconds = time.perf_counter() - started
+    student.eval()
+    after = cosine_stats(embeddings(student, held.x, io), reference)
+    record = {"data": data.name, "output": io.quality_output, "train_samples": len(train),
+              "held_out_samples": len(held), "batch": options.batch, "options": asdict(options),
+              "interrupted": interrupted, "steps": adapter.training_calls, "minutes": round(seconds / 60, 3),
+              "held_out_cosine_before": _round(before[0]), "held_out_cosine_p5_before": _round(before[1]),
+              "held_out_cosine_after": _round(after[0]), "held_out_cosine_p5_after": _round(after[1])}
+    if result is not None:
+        run = result.to_json()
+        record.update(best_step=result.best_step, settings=run["settings"], history=run["history"])
+    return record
+
+
+def _round(value: float) -> float:
+    return round(value, 6) if math.isfinite(value) else value
