@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +28,8 @@ class TensorSpec:
     name: str
     shape: tuple[Dim, ...]
     dtype: str
+    role: str = "data"  # "ids" / "mask" for token inputs (from the file's edgecompress.inputs metadata)
+    high: int | None = None  # integer values lie in [0, high) (token ids: the vocabulary size)
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
@@ -134,7 +136,24 @@ def _spec(value: Any) -> TensorSpec:
 def input_specs(model: "onnx.ModelProto") -> list[TensorSpec]:
     """Graph inputs a caller must feed (initializers listed as inputs by old exporters excluded)."""
     inits = {i.name for i in model.graph.initializer}
-    return [_spec(v) for v in model.graph.input if v.name not in inits]
+    ranges = input_ranges(model)
+    return [replace(_spec(v), **ranges.get(v.name, {})) for v in model.graph.input if v.name not in inits]
+
+
+INPUTS_METADATA = "edgecompress.inputs"  # JSON [{name, role, high}] written by edgecompress build's export
+
+
+def input_ranges(model: "onnx.ModelProto") -> dict[str, dict[str, Any]]:
+    """Input name -> {"role", "high"} from the file's metadata (token ids and masks), when present."""
+    import json
+
+    text = next((p.value for p in model.metadata_props if p.key == INPUTS_METADATA), None)
+    try:
+        entries = json.loads(text) if text else []
+        return {e["name"]: {"role": str(e.get("role") or "data"),
+                            "high": None if e.get("high") is None else int(e["high"])} for e in entries}
+    except (ValueError, TypeError, KeyError):
+        return {}  # foreign or damaged metadata: inputs stay plain
 
 
 def output_specs(model: "onnx.ModelProto") -> list[TensorSpec]:

@@ -63,6 +63,14 @@ def test_hf_folder_sentence_embedding_builds_with_dynamic_batch_and_seq(tmp_path
     ids = np.array([[1, 5, 7, 2, 0, 0]], np.int64)
     out = session.run(None, {"input_ids": ids, "attention_mask": (ids > 0).astype(np.int64)})[0]
     assert out.shape == (1, 32) and np.linalg.norm(out) == pytest.approx(1.0, rel=1e-4)  # normalized embedding
+    # the file tells bench (no torch) to draw ids below the vocabulary and prefix masks
+    from edgecompress.bench.inputs import plan_inputs, random_inputs
+    from edgecompress.bench.backends import backend_for
+    infos = [backend_for(tmp_path / "out" / name).inspect() for name in ("bert.dense.onnx", "bert.onnx")]
+    feeds = random_inputs(plan_inputs(infos, overrides={"input_ids": ("N", 12), "attention_mask": ("N", 12)}), 64, 0)
+    assert feeds["input_ids"].max() >= 30 and feeds["input_ids"].max() < 60
+    masks = feeds["attention_mask"]
+    assert masks[:, 0].all() and (np.diff(masks, axis=1) <= 0).all() and 0 < masks.mean() < 1
 
 
 def test_hf_folder_text_data_is_tokenized(tmp_path: Path) -> None:

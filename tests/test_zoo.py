@@ -11,6 +11,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 import torch
@@ -110,6 +111,16 @@ def test_zoo_onnx_benches_with_token_inputs(tmp_path: Path) -> None:
                            memory=False, progress=False)
     assert len(result["models"]) == 2
     assert {i["name"]: i["shape"][1:] for i in result["config"]["inputs"]} == {"x": [5, 16], "mask": [5]}
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "named.npz", x=rng.standard_normal((12, 7, 16)).astype(np.float32),
+             mask=(np.arange(7) < rng.integers(1, 8, (12, 1))).astype(np.float32))
+    result = run_benchmark([out / "two_inputs.dense.onnx", out / "two_inputs.onnx"], data=tmp_path / "named.npz",
+                           runs=3, warmup=1, memory=False, progress=False)
+    assert result["config"]["eval_samples"] == 12 and result["config"]["data"].endswith("named.npz")
+    assert {i["name"]: i["shape"][1:] for i in result["config"]["inputs"]} == {"x": [7, 16], "mask": [7]}
+    np.savez(tmp_path / "partial.npz", x=rng.standard_normal((4, 7, 16)).astype(np.float32))
+    with pytest.raises(InputError, match="lacks array.*mask"):
+        run_benchmark([out / "two_inputs.onnx"], data=tmp_path / "partial.npz", runs=1, memory=False, progress=False)
 
 
 def test_cli_input_flags_errors_are_one_line_exit_2(tmp_path: Path, capsys) -> None:

@@ -26,7 +26,7 @@ import numpy as np
 from edgecompress.bench import metrics
 from edgecompress.bench.backends import BACKENDS, Backend, ModelInfo, OnnxBackend, backend_for
 from edgecompress.bench.inputs import (BATCH, RANDOM_SAMPLES, InputPlan, check_batches, fit_data,
-                                       parse_input_shape, plan_inputs, random_inputs, take_batch, with_seq)
+                                       merged_inputs, parse_input_shape, plan_inputs, random_inputs, take_batch, with_seq)
 from edgecompress.bench.runner import Timing, interleave, probe, time_ms
 from edgecompress.errors import InputError
 
@@ -79,12 +79,13 @@ def run_benchmark(paths: Sequence[str | os.PathLike[str]], *, data: Any = None, 
     backends = [backend_for(p, threads=threads) for p in paths]
     infos = [b.inspect() for b in backends]
     names = _unique_names([b.path for b in backends])
-    dataset = _load_data(data, limit)
+    dataset = _load_data(data, limit, [spec.name for spec, _ in merged_inputs(infos)])
     plans = plan_inputs(infos, overrides=with_seq(infos, input_shapes, seq),
-                        data_sample_shape=None if dataset is None else tuple(dataset.x.shape[1:]))
+                        data_sample_shape=None if dataset is None else sample_shapes(dataset.x))
     check_batches(plans, batches)
     if dataset is not None:
-        eval_inputs = {plans[0].name: fit_data(dataset.x, plans[0])}
+        eval_inputs = ({plan.name: fit_data(dataset.x[plan.name], plan) for plan in plans}
+                       if isinstance(dataset.x, dict) else {plans[0].name: fit_data(dataset.x, plans[0])})
         labels = _check_labels(dataset.y)
     else:
         eval_inputs = random_inputs(plans, limit or RANDOM_SAMPLES, seed)
@@ -168,15 +169,37 @@ def _unique_names(paths: Sequence[Path]) -> list[str]:
     return out
 
 
-def _load_data(data: Any, limit: int | None) -> Any:
+def _load_data(data: Any, limit: int | None, names: Sequence[str]) -> Any:
+    """The data set; an .npz without ``x`` (or any .npz for a model with several inputs) holds one
+    array per input name."""
     if data is None:
         return None
-    from edgecompress.data import Dataset, load_dataset
+    from edgecompress.data import Dataset, load_dataset, load_named_npz
 
-    dataset = data if isinstance(data, Dataset) else load_dataset(str(data))
+    if isinstance(data, Dataset):
+        dataset = data
+    elif str(data).endswith(".npz") and Path(data).is_file() and (len(names) > 1 or not _has_x(Path(data))):
+        dataset = load_named_npz(Path(data), list(names))
+    else:
+        dataset = load_dataset(str(data))
     if len(dataset) == 0:
         raise InputError(f"data set {dataset.name} is empty")
     return dataset.take(limit)
+
+
+def _has_x(path: Path) -> bool:
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return "x" in archive.files
+    except (OSError, ValueError):
+        return True  # load_dataset reports the unreadable file
+
+
+def sample_shapes(x: Any) -> tuple[int, ...] | dict[str, tuple[int, ...]]:
+    """Per-sample shape of one array, or of each named array."""
+    if isinstance(x, dict):
+        return {name: tuple(array.shape[1:]) for name, array in x.items()}
+    return tuple(x.shape[1:])
 
 
 def _data_label(data: Any, dataset: Any) -> str | None:

@@ -33,6 +33,8 @@ class InputPlan:
     sample_shape: tuple[int, ...]
     fixed_batch: int | None
     fixed_by: str | None = None
+    role: str = "data"  # ids / mask: random token ids below ``high``, attention masks as prefixes of ones
+    high: int | None = None
 
     def shape(self, batch: int) -> tuple[int, ...]:
         return (batch, *self.sample_shape)
@@ -113,13 +115,16 @@ def merged_inputs(infos: Sequence[ModelInfo]) -> list[tuple[TensorSpec, dict[int
                 if isinstance(d, int) and not isinstance(dims[i], int):
                     dims[i] = d
                     fixed_by[i] = info.path.name
-        out.append((TensorSpec(spec.name, tuple(dims), spec.dtype), fixed_by))
+        out.append((TensorSpec(spec.name, tuple(dims), spec.dtype, spec.role, spec.high), fixed_by))
     return out
 
 
 def plan_inputs(infos: Sequence[ModelInfo], *, overrides: Mapping[str | None, Sequence[int | str]] | None = None,
-                data_sample_shape: tuple[int, ...] | None = None) -> list[InputPlan]:
-    """Resolve every input's per-sample shape; InputError names the dimension that is unknown."""
+                data_sample_shape: tuple[int, ...] | Mapping[str, tuple[int, ...]] | None = None) -> list[InputPlan]:
+    """Resolve every input's per-sample shape; InputError names the dimension that is unknown.
+
+    ``data_sample_shape``: the per-sample shape of one-array data (a single-input model), or input
+    name -> per-sample shape of named data (an .npz with one array per input)."""
     merged = merged_inputs(infos)
     overrides = dict(overrides or {})
     if None in overrides:
@@ -131,13 +136,16 @@ def plan_inputs(infos: Sequence[ModelInfo], *, overrides: Mapping[str | None, Se
     if unknown:
         raise InputError(f"--input-shape names unknown input(s) {', '.join(sorted(map(str, unknown)))}; "
                          f"the model's inputs are {', '.join(s.name for s, _ in merged)}")
-    if data_sample_shape is not None and len(merged) != 1:
-        raise InputError(f"--data feeds single-input models, but the model has {len(merged)} inputs "
-                         f"({', '.join(s.name for s, _ in merged)}); leave out --data to use random inputs")
+    named = isinstance(data_sample_shape, Mapping)
+    if data_sample_shape is not None and not named and len(merged) != 1:
+        raise InputError(f"--data with one array 'x' feeds single-input models, but the model has {len(merged)} "
+                         f"inputs ({', '.join(s.name for s, _ in merged)}): give an .npz with one array per input "
+                         "name, or leave out --data to use random inputs")
     plans = []
     for spec, fixed_by in merged:
         override = overrides.get(spec.name)
-        plans.append(_plan_one(spec, fixed_by, override, data_sample_shape))
+        shape = data_sample_shape.get(spec.name) if named else data_sample_shape
+        plans.append(_plan_one(spec, fixed_by, override, shape))
     return plans
 
 
@@ -185,7 +193,8 @@ def _plan_one(spec: TensorSpec, fixed_by: dict[int, str], override: Sequence[int
     fixed = spec.shape[0] if isinstance(spec.shape[0], int) else None
     if fixed is None and override is not None and isinstance(override[0], int):
         fixed = int(override[0])
-    return InputPlan(spec.name, spec.dtype, tuple(sample), fixed, fixed_by.get(0, "--input-shape") if fixed else None)
+    return InputPlan(spec.name, spec.dtype, tuple(sample), fixed, fixed_by.get(0, "--input-shape") if fixed else None,
+                     spec.role, spec.high)
 
 
 def check_batches(plans: Sequence[InputPlan], batches: Sequence[int]) -> None:
@@ -218,7 +227,9 @@ def fit_data(x: np.ndarray, plan: InputPlan) -> np.ndarray:
 
 
 def random_inputs(plans: Sequence[InputPlan], samples: int, seed: int) -> dict[str, np.ndarray]:
-    """Seeded stand-in data: standard normal floats; 0/1 for integer and bool inputs."""
+    """Seeded stand-in data: standard normal floats; for integer inputs token ids below the vocabulary
+    size and attention masks (prefixes of ones) when the file says so (edgecompress build writes it),
+    else 0/1; random bools."""
     rng = np.random.default_rng(seed)
     out: dict[str, np.ndarray] = {}
     for plan in plans:
@@ -226,10 +237,15 @@ def random_inputs(plans: Sequence[InputPlan], samples: int, seed: int) -> dict[s
             raise InputError(f"input {plan.name!r} has an unsupported element type {plan.dtype}")
         dtype = np.dtype(plan.dtype)
         shape = (samples, *plan.sample_shape)
-        if np.issubdtype(dtype, np.floating):
+        if plan.role == "mask" and shape[1:]:
+            lengths = rng.integers(1, shape[-1] + 1, size=shape[:-1])
+            out[plan.name] = (np.arange(shape[-1]) < lengths[..., None]).astype(dtype)
+        elif np.issubdtype(dtype, np.floating):
             out[plan.name] = rng.standard_normal(shape).astype(dtype)
         elif dtype == np.bool_:
             out[plan.name] = rng.random(shape) < 0.5
+        elif plan.high:
+            out[plan.name] = rng.integers(0, plan.high, size=shape).astype(dtype)
         else:
             out[plan.name] = rng.integers(0, 2, size=shape).astype(dtype)
     return out

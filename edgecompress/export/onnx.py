@@ -4,6 +4,7 @@ refold guard that proves each factor pair survived as two matmuls."""
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import re
 from collections import Counter
@@ -90,6 +91,9 @@ def export_onnx(model: nn.Module, io: ModelIO | tuple[int, ...], path: Path, *,
                                         input_names=io.names, output_names=outputs,
                                         dynamic_shapes=shapes, external_data=external,
                                         verbose=False, report=False)
+            tokens = [{"name": s.name, "role": s.role, "high": s.high} for s in io.inputs if s.role != "data"]
+            if tokens:  # lets bench draw ids below the vocabulary and prefix masks without torch
+                program.model.metadata_props[onnxinfo.INPUTS_METADATA] = json.dumps(tokens)
             program.save(str(path), external_data=external)
     except Exception as exc:  # the exporter raises a zoo of types; all mean "cannot export this model"
         raise ExportError(f"ONNX export failed: {_export_reason(exc)}") from exc
