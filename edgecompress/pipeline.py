@@ -21,6 +21,7 @@ from edgecompress.data import Dataset, hold_out, load_dataset, load_named_npz, n
 from edgecompress.distill_step import DistillOptions, distill_step, split as distill_split
 from edgecompress.errors import InputError
 from edgecompress.export import onnx as onnx_export
+from edgecompress.export.derive import derive_compressed
 from edgecompress.export import quantize as int8_export
 from edgecompress.export import tflite as tflite_export
 from edgecompress.export.verify import (Tolerance, ort_runner, random_inputs, torch_outputs, verify_outputs,
@@ -473,11 +474,15 @@ def agreement(checks: list[Check], io: ModelIO) -> list[dict[str, Any]]:
 
 
 def _export_verified(model: nn.Module, role: str, path: Path, config: BuildConfig, io: ModelIO,
-                     plan: CompressionPlan | None, checks: list[Check],
-                     timings: _Timings, progress: Progress | None) -> dict[str, Any]:
-    """Export one model, simplify it, guard its factors, verify it; return its artifact record."""
+                     plan: CompressionPlan | None, checks: list[Check], timings: _Timings, progress: Progress | None,
+                     *, keep_raw: bool = False, derive_from: tuple[Any, nn.Module] | None = None
+                     ) -> tuple[dict[str, Any], Any]:
+    """Export one model (or derive it from the dense export: ``derive_from`` = (its unsimplified
+    ONNX, the dense model)), simplify it, guard its factors, verify it; return its artifact record
+    and, with ``keep_raw``, the unsimplified ONNX model."""
     with timings.stage(f"export_{role}", progress):
-        onnx_export.export_onnx(model, io, path, opset=config.opset)
+        exported = _write_onnx(model, io, path, config, derive_from)
+        raw = onnx_export.onnx.load(str(path)) if keep_raw else None
         validate.check_written_opset(path, config.opset)
         other = coverage.non_linear_matrices(model)
         if plan is not None:
@@ -491,8 +496,20 @@ def _export_verified(model: nn.Module, role: str, path: Path, config: BuildConfi
     with timings.stage(f"verify_{role}", progress):
         verifications = _verifications(path, role, checks, [config.tolerance] * len(checks), io)
     note = {"simplify_note": skipped} if skipped else {}
-    return {"path": path.name, "format": "onnx", "simplified": simplified, **note, **onnx_export.onnx_facts(path),
-            "verification": verifications}
+    return {"path": path.name, "format": "onnx", "exported": exported, "simplified": simplified, **note,
+            **onnx_export.onnx_facts(path), "verification": verifications}, raw
+
+
+def _write_onnx(model: nn.Module, io: ModelIO, path: Path, config: BuildConfig,
+                derive_from: tuple[Any, nn.Module] | None) -> str:
+    """Export ``model``, or derive it from the dense export when only factorized layers differ
+    (export/derive.py: no second trace); says which."""
+    if derive_from is not None:
+        reason = derive_compressed(derive_from[0], derive_from[1], model, path)
+        if reason is None:
+            return "derived from the dense export (factorized layers substituted)"
+    onnx_export.export_onnx(model, io, path, opset=config.opset)
+    return "torch.onnx.export (dynamo)" + ("" if derive_from is None else f"; not derived: {reason}")
 
 
 def _int8_checks(checks: list[Check], calibration: Batch | None, config: BuildConfig, io: ModelIO,
@@ -713,10 +730,12 @@ def _build(config: BuildConfig, folder: outdir.OutputFolder, progress: Progress 
     stem = config.stem
     artifacts: dict[str, Any] = {}
     with folder.staging() as staging:
-        onnx_roles = (("dense", loaded.module, f"{stem}.dense.onnx", None), ("compressed", compressed, f"{stem}.onnx", plan))
-        for role, model, filename, model_plan in onnx_roles if "onnx" in config.targets else ():
-            artifacts[role] = _export_verified(model, role, staging / filename, config, io,
-                                               model_plan, checks, timings, progress)
+        if "onnx" in config.targets:
+            artifacts["dense"], raw_dense = _export_verified(loaded.module, "dense", staging / f"{stem}.dense.onnx",
+                                                             config, io, None, checks, timings, progress, keep_raw=True)
+            artifacts["compressed"], _ = _export_verified(compressed, "compressed", staging / f"{stem}.onnx", config,
+                                                          io, plan, checks, timings, progress,
+                                                          derive_from=(raw_dense, loaded.module))
         for kind in int8_export.quantize_kinds(config.quantize) if "onnx" in config.targets else ():
             artifacts["int4" if kind == "int4" else "int8"] = _quantized_onnx(
                 kind, compressed, plan, config, None if calib is None else calib.x, staging, checks, io, timings,

@@ -53,6 +53,7 @@ def test_hf_folder_sentence_embedding_builds_with_dynamic_batch_and_seq(tmp_path
     assert record["input"]["inputs"][0]["high"] == 60
     assert record["input"]["outputs"] == ["sentence_embedding"]
     assert record["agreement"][0]["measure"] == "cosine"
+    assert record["artifacts"]["compressed"]["exported"].startswith("derived from the dense export")
     names = [layer["name"] for layer in record["layers"] if layer["factorized"]]
     assert any("attention.self.query" in n for n in names) and any("intermediate.dense" in n for n in names)
     import onnx
