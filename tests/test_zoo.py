@@ -118,6 +118,17 @@ def test_zoo_onnx_benches_with_token_inputs(tmp_path: Path) -> None:
                            runs=3, warmup=1, memory=False, progress=False)
     assert result["config"]["eval_samples"] == 12 and result["config"]["data"].endswith("named.npz")
     assert {i["name"]: i["shape"][1:] for i in result["config"]["inputs"]} == {"x": [7, 16], "mask": [7]}
+    # check gates the token model's files from build.json + bench.json like any other
+    from edgecompress.bench import write_json
+    from edgecompress.cli import main
+    write_json(result, out / "bench.json")
+    (tmp_path / "budgets.toml").write_text('[tool.edgecompress.budgets."out/two_inputs.onnx"]\nmax_size = "1 MB"\n'
+                                           'max_params = 100000\nmax_latency_p50_ms = 1000\n')
+    main(["check", str(out / "build.json"), str(out / "bench.json"), "--config", str(tmp_path / "budgets.toml"),
+          "--json", str(tmp_path / "check.json")])  # returns (exit 0) when every budget is met
+    findings = json.loads((tmp_path / "check.json").read_text())["findings"]
+    assert {f["budget"] for f in findings} == {"max_size", "max_params", "max_latency_p50_ms"} and all(
+        f["status"] == "pass" for f in findings)
     np.savez(tmp_path / "partial.npz", x=rng.standard_normal((4, 7, 16)).astype(np.float32))
     with pytest.raises(InputError, match="lacks array.*mask"):
         run_benchmark([out / "two_inputs.onnx"], data=tmp_path / "partial.npz", runs=1, memory=False, progress=False)
