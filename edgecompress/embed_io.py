@@ -34,10 +34,10 @@ class NamedInputs(nn.Module):
         self.names = tuple(io.names)
         self.output = io.quality_output
         self.masked = io.mask_name is not None
-        self.training_calls = 0  # forward passes in training mode (= distillation steps)
+        self.training_calls = 0  # forward passes with gradients (= distillation steps; evaluation runs without)
 
     def forward(self, **inputs: torch.Tensor) -> dict[str, torch.Tensor]:
-        self.training_calls += int(self.training)
+        self.training_calls += int(torch.is_grad_enabled())
         args = [inputs[name] for name in self.names]
         both = getattr(self.model, "pooled_and_tokens", None)  # hf.SentenceEmbedding: its token states too
         if both is not None:

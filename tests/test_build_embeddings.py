@@ -122,7 +122,7 @@ def test_ctrl_c_during_distillation_keeps_the_best_state_and_finishes_the_build(
     original = NamedInputs.forward
 
     def interrupt_at_step_9(self: NamedInputs, **inputs: torch.Tensor) -> dict[str, torch.Tensor]:
-        if self.training and self.training_calls == 8:
+        if torch.is_grad_enabled() and self.training_calls == 8:
             raise KeyboardInterrupt
         return original(self, **inputs)
 
