@@ -402,12 +402,13 @@ def sensitivity_inputs(model: nn.Module, inputs: Batch | None, io: ModelIO) -> d
 
 
 def evaluate_runner(runner: Callable[[Batch], Any], data: Dataset) -> dict[str, Any]:
-    """Accuracy and macro-F1 of a runner on labelled data (None without labels)."""
+    """Accuracy and macro-F1 of a runner on labelled data (None without labels: the runner is not run,
+    verification already compared the files' outputs on these inputs)."""
+    if data.y is None:
+        return {"dataset": data.name, "samples": len(data), "accuracy": None, "macro_f1": None}
     outputs = runner(data.x)
     if isinstance(outputs, dict):
         outputs = next(iter(outputs.values()))
-    if data.y is None:
-        return {"dataset": data.name, "samples": len(data), "accuracy": None, "macro_f1": None}
     predictions = top1(outputs)
     return {"dataset": data.name, "samples": len(data), "accuracy": accuracy(data.y, predictions),
             "macro_f1": macro_f1(data.y, predictions)}
@@ -745,8 +746,9 @@ def _build(config: BuildConfig, folder: outdir.OutputFolder, progress: Progress 
                                                None if calib is None else calib.x, timings, progress))
         if eval_data is not None:
             with timings.stage("eval", progress):
-                for role in artifacts:
-                    artifacts[role]["eval"] = evaluate_runner(_runner(staging / artifacts[role]["path"], io), eval_data)
+                for role in artifacts:  # the runtime session is made only when there are labels to score
+                    path = staging / artifacts[role]["path"]
+                    artifacts[role]["eval"] = evaluate_runner(lambda x, path=path: _runner(path, io)(x), eval_data)
         record = {
             "schema": "edgecompress.build/1",
             "name": stem,
