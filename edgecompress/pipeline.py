@@ -638,7 +638,7 @@ def _check_io_targets(config: BuildConfig, io: ModelIO) -> None:
                          "(use --target onnx)")
     if not io.single and (config.train_data or config.finetune_data):
         raise InputError("--finetune/--train handle one-input models with labels; this model takes "
-                         f"{', '.join(io.names)}")
+                         f"{', '.join(io.names)} (--distill DATA trains it without labels)")
 
 
 def _check_targets(config: BuildConfig) -> None:

