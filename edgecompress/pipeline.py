@@ -446,9 +446,29 @@ def _reference_outputs(model: nn.Module, inputs: Batch, io: ModelIO, description
         return outputs_of(model, inputs, io)
     except Exception as exc:  # the model's own code (or its exported guards) rejected these inputs
         message = " ".join(str(exc).split())[:300] or type(exc).__name__
+        if description.startswith(OTHER_SEQ):
+            raise InputError(f"the model does not run at {description.removeprefix('random, ')} although its inputs "
+                             f"name a dynamic 'seq' axis: {message}; give the inputs a static length instead "
+                             "(e.g. --input x:batch=1,8,16)") from exc
         raise InputError(f"the model fails on its {description} verification inputs ({num_samples(inputs)} samples): "
                          f"{message}; a program exported with data-dependent control flow may only accept inputs "
                          "like its example (try --verify-samples 1 or re-export it)") from exc
+
+
+OTHER_SEQ = "random, seq="  # description of the verification inputs at a second sequence length
+OTHER_SEQ_SAMPLES = 4
+
+
+def other_seq_inputs(io: ModelIO, samples: int, seed: int) -> list[tuple[Batch, str]]:
+    """A few random inputs at a second length of the dynamic "seq" axes (half the traced one, or 2):
+    a file that pinned the traced length (some exporters do, e.g. for recurrent layers) fails
+    verification instead of claiming a dynamic sequence."""
+    traced = {spec.shape[i] for spec in io.inputs for i, axis in enumerate(spec.axes) if axis == "seq"}
+    if len(traced) != 1:
+        return []
+    seq = next(iter(traced))
+    other = seq // 2 if seq > 2 else seq + 1
+    return [(_with_seq(io, other).random(min(samples, OTHER_SEQ_SAMPLES), seed + 1), f"{OTHER_SEQ}{other}")]
 
 
 def random_batch(io: ModelIO, samples: int, seed: int) -> Batch:
@@ -516,7 +536,9 @@ def _write_onnx(model: nn.Module, io: ModelIO, path: Path, config: BuildConfig,
 def _int8_checks(checks: list[Check], calibration: Batch | None, config: BuildConfig, io: ModelIO,
                  compressed: nn.Module, agreement: float | None = None) -> tuple[list[Check], list[Tolerance]]:
     """int8's (and int4's) inputs and bounds (export/quantize.py's rules), with the fp32 compressed model's outputs;
-    ``calibration`` only for static int8, ``agreement`` (default --int8-agreement) on data inputs."""
+    ``calibration`` only for static int8, ``agreement`` (default --int8-agreement) on data inputs. The
+    second-sequence-length inputs are left out: the fp32 file proved the dynamic axis, quantization keeps shapes."""
+    checks = [check for check in checks if not check.description.startswith(OTHER_SEQ)]
     plain = int8_export.int8_checks([(c.inputs, c.description) for c in checks],
                                     calibration if io.single else None,
                                     config.int8_min_agreement if agreement is None else agreement,
@@ -574,7 +596,8 @@ def _tflite_artifacts(dense: nn.Module, compressed: nn.Module, plan: Compression
             if role == "int8_tflite":
                 role_checks, tolerances = _int8_checks(checks, static, config, io, compressed)
             else:
-                role_checks, tolerances = checks, [config.tolerance] * len(checks)
+                role_checks = [check for check in checks if not check.description.startswith(OTHER_SEQ)]  # fixed shapes
+                tolerances = [config.tolerance] * len(role_checks)
             verifications = _verifications(path, source, role_checks, tolerances, io)
         artifacts[role] = {"path": filename, "format": "tflite", "fixed_batch": True, **extra,
                            **tflite_export.tflite_facts(path), "verification": verifications}
@@ -721,7 +744,8 @@ def _build(config: BuildConfig, folder: outdir.OutputFolder, progress: Progress 
                                                         seed=config.seed, threads=config.threads,
                                                         progress=progress is not None, log=progress)
     with timings.stage("reference", progress):
-        sets = [(random, "random")] + ([] if eval_data is None else [(eval_data.x, "eval")])
+        sets = [(random, "random")] + other_seq_inputs(io, samples, config.seed) \
+            + ([] if eval_data is None else [(eval_data.x, "eval")])
         checks = _checks(sets, {"dense": loaded.module, "compressed": compressed}, io,
                          known={("random", "dense"): dense_random})
         agreements = agreement(checks, io)

@@ -23,7 +23,8 @@ from edgecompress.pipeline import BuildConfig, build
 from edgecompress.spec import parse_input
 
 sys.path.insert(0, str(Path(__file__).parent))
-from zoo_models import ZOO  # noqa: E402
+import zoo_models  # noqa: E402
+from zoo_models import D, T, ZOO  # noqa: E402
 
 FACTORY_FILE = Path(__file__).parent / "zoo_models.py"
 
@@ -150,3 +151,17 @@ def test_cli_input_flags_errors_are_one_line_exit_2(tmp_path: Path, capsys) -> N
         err = capsys.readouterr().err.strip().splitlines()
         assert exit_info.value.code == 2 and len(err) == 1 and needle in err[0], err
         assert not (tmp_path / "o").exists()
+
+
+def test_dynamic_seq_is_verified_at_a_second_length(tmp_path: Path) -> None:
+    """Files are verified at half the traced 'seq' too; a model that only runs at its traced length
+    is refused instead of being written with a dynamic axis it cannot honour."""
+    record = build(_config("gru", tmp_path, quantize=None)).record
+    lines = {(v["inputs"], v["passed"]) for v in record["artifacts"]["compressed"]["verification"]}
+    assert lines == {("random", True), (f"random, seq={T // 2}", True)}
+    torch.save(zoo_models.make_flat_seq().state_dict(), tmp_path / "flat.pt")
+    with pytest.raises(InputError, match=f"does not run at seq={T // 2} although .* dynamic 'seq' axis"):
+        build(BuildConfig(model=tmp_path / "flat.pt", out=tmp_path / "flat", factory=f"{FACTORY_FILE}:make_flat_seq",
+                          inputs=(parse_input(f"x:batch=1,seq={T},{D}"),), policy=UniformPolicy(4), verify_samples=8,
+                          simplify=False))
+    assert not (tmp_path / "flat").exists() or not any((tmp_path / "flat").iterdir())

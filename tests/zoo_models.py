@@ -203,6 +203,20 @@ for _name, (_factory, _) in ZOO.items():
     globals()[f"make_{_name}"] = _factory
 
 
+class FlatSeq(nn.Module):
+    """Flattens its (batch, T, D) activations: it runs at the traced length only (not in ZOO)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj, self.head = nn.Linear(D, 32), nn.Linear(T * 32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.proj(x)).flatten(1))
+
+
+make_flat_seq = _seeded(FlatSeq)
+
+
 WORDS = ("the a cat dog bird sat ran sings on under mat tree house red blue big small fast slow and "
          "near far green old young").split()
 
