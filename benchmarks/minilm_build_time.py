@@ -37,6 +37,7 @@ def minilm_folder() -> Path:
 def one_build(folder: Path, sentences: Path, work: Path) -> dict:
     """One build in a fresh process: wall and CPU seconds, load, build.json timings."""
     out = work / "out"
+    work.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "edgecompress", "build", str(folder), "--out", str(out), "--name", "minilm",
                "--policy", "energy", "--eval", str(sentences), "--quiet"]
     before_cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
