@@ -259,16 +259,29 @@ def size_measured_kind(config: BuildConfig) -> str | None:
     return next((kind for kind in ("int4", "int8", "int8-static") if kind in kinds), None)
 
 
-def size_measure(config: BuildConfig, io: ModelIO | tuple[int, ...],
-                 calibration: Batch | None) -> Callable[[nn.Module], int]:
+def size_measure(config: BuildConfig, io: ModelIO | tuple[int, ...], calibration: Batch | None,
+                 dense: nn.Module | None = None) -> Callable[[nn.Module], int]:
     """What ``--target-size`` is about: bytes of a candidate exported (and simplified) as the build
-    writes it, quantized the build's way (:func:`size_measured_kind`; int8-static with ``calibration``)."""
+    writes it (derived from ``dense``'s export, traced once, when given), quantized the build's way
+    (:func:`size_measured_kind`; int8-static with ``calibration``)."""
     kind = size_measured_kind(config)
+    io = io if isinstance(io, ModelIO) else ModelIO.single_float(io)
+    dense_export: list[Any] = []
+
+    def derive_source() -> tuple[Any, nn.Module] | None:
+        if dense is None:
+            return None
+        if not dense_export:
+            with tempfile.TemporaryDirectory(prefix="edgecompress-size-") as folder:
+                path = Path(folder) / "dense.onnx"
+                onnx_export.export_onnx(dense, io, path, opset=config.opset)
+                dense_export.append(onnx_export.onnx.load(str(path)))
+        return dense_export[0], dense
 
     def size_of(model: nn.Module) -> int:
         with tempfile.TemporaryDirectory(prefix="edgecompress-size-") as folder:
             path = Path(folder) / "candidate.onnx"
-            onnx_export.export_onnx(model, io, path, opset=config.opset)
+            _write_onnx(model, io, path, config, derive_source())
             if config.simplify:
                 onnx_export.simplify_onnx(path)
             if kind is not None:
@@ -375,7 +388,7 @@ def _compress_stage(config: BuildConfig, model: nn.Module, io: ModelIO, calib: D
             evaluate=None if validation is None or validation.y is None
             else (lambda m: torch_outputs(m, validation.x, io=io).argmax(-1) == validation.y),
             embed=None if validation is None else (lambda m: embed_io.embeddings(m, validation.x, io)),
-            size_of=size_measure(config, io, None if calib is None else calib.x))
+            size_of=size_measure(config, io, None if calib is None else calib.x, model))
         compressed, plan = result.model, result.plan
         record["search"] = result.record
         if budget.target_size is not None:
