@@ -516,7 +516,10 @@ def _export_verified(model: nn.Module, role: str, path: Path, config: BuildConfi
     and, with ``keep_raw``, the unsimplified ONNX model."""
     with timings.stage(f"export_{role}", progress):
         exported = _write_onnx(model, io, path, config, derive_from)
-        raw = onnx_export.onnx.load(str(path)) if keep_raw else None
+        # the unsimplified dense graph the compressed file is derived from (not with external data: those
+        # files are exported as such, derive.py writes one self-contained file)
+        external = onnx_export.parameter_bytes(model) > onnx_export.EXTERNAL_DATA_THRESHOLD
+        raw = onnx_export.onnx.load(str(path)) if keep_raw and not external else None
         validate.check_written_opset(path, config.opset)
         other = coverage.non_linear_matrices(model)
         if plan is not None:
@@ -538,6 +541,8 @@ def _write_onnx(model: nn.Module, io: ModelIO, path: Path, config: BuildConfig,
                 derive_from: tuple[Any, nn.Module] | None) -> str:
     """Export ``model``, or derive it from the dense export when only factorized layers differ
     (export/derive.py: no second trace); says which."""
+    if derive_from is not None and derive_from[0] is None:
+        derive_from, reason = None, None  # the dense file was not kept (external data): export as usual
     if derive_from is not None:
         reason = derive_compressed(derive_from[0], derive_from[1], model, path)
         if reason is None:
