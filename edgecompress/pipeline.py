@@ -93,6 +93,7 @@ class BuildConfig:
     int4_min_agreement: float = int8_export.INT4_MIN_AGREEMENT
     threads: int = 1  # torch and onnxruntime threads of the build (SVD, export, verification)
     whiten: bool = False  # every policy ranks/factors the activation-whitened spectrum (needs --calib)
+    sequential_refit: bool = False  # refit the chosen factors in order on the compressed prefix (needs --calib)
     svd: str = "auto"  # auto: randomized where the rank is well below a large layer's full rank; exact: always exact
 
     @property
@@ -350,10 +351,14 @@ def _check_calibration(config: BuildConfig) -> None:
                          "with the dense model's (labels not needed; never the test set)")
     if config.whiten and config.calib_data is None:
         raise InputError("--whiten needs calibration data: add --calib DATA (the layer inputs it whitens)")
+    if config.sequential_refit and config.calib_data is None:
+        raise InputError("--sequential-refit needs calibration data: add --calib DATA (the inputs the factors are "
+                         "refitted on)")
     if config.calib_data is not None and not (config.policy.needs_calibration or budget or static
-                                              or config.whiten):
+                                              or config.whiten or config.sequential_refit):
         raise InputError(f"--calib is not used by --policy {config.policy.name}: it feeds --policy data/ddlr-convex, "
-                         "--whiten, budget mode and --quantize int8-static; drop it or use one of those")
+                         "--whiten, --sequential-refit, budget mode and --quantize int8-static; drop it or use one "
+                         "of those")
 
 
 def _compress_stage(config: BuildConfig, model: nn.Module, io: ModelIO, calib: Dataset | None,
@@ -368,6 +373,9 @@ def _compress_stage(config: BuildConfig, model: nn.Module, io: ModelIO, calib: D
                             settings=svd_settings(config.svd), on_progress=progress)  # decomposed lazily, one layer at a time
     context = PolicyContext(progress=progress is not None, on_progress=progress, round_to=config.round_to,
                             whiten=config.whiten)
+    if config.sequential_refit:
+        context.refit_data = calib.x
+        context.refit_metric = io.output_kinds.get(io.quality_output or next(iter(io.output_kinds), ""), "") == "embedding"
     record: dict[str, Any] = {}
     budget = config.budget
     validation = _validation_split(config, io)
@@ -401,6 +409,8 @@ def _compress_stage(config: BuildConfig, model: nn.Module, io: ModelIO, calib: D
         record["calibration"]["relative_error"] = data_errors(context, plan.ranks)
     if "ddlr_convex" in context.extras:
         record["ddlr_convex"] = context.extras["ddlr_convex"]
+    if "refit" in context.extras:
+        record["refit"] = context.extras["refit"]
     return compressed, whole_model_plan(plan, model, config, reasons), record
 
 
@@ -804,7 +814,7 @@ def _build(config: BuildConfig, folder: outdir.OutputFolder, progress: Progress 
             "options": {"targets": list(config.targets), "opset": config.opset, "exclude": config.exclude,
                         "keep_head": config.keep_head,
                         "simplify": config.simplify, "seed": config.seed, "quantize": config.quantize,
-                        "svd": config.svd, "threads": config.threads, "whiten": config.whiten,
+                        "svd": config.svd, "threads": config.threads, "whiten": config.whiten, "sequential_refit": config.sequential_refit,
                         "tflite_batch": config.batch if "tflite" in config.targets else None,
                         "verify_samples": samples, "quality_output": io.quality_output},
             "artifacts": artifacts,

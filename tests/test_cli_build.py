@@ -239,3 +239,20 @@ def test_whiten_factors_on_calibration_data_and_needs_calib(small_mlp_pt2: Path,
     assert [layer["rank"] for layer in white["layers"]] == [layer["rank"] for layer in plain["layers"]]
     # same ranks, other factors: the whitened pair fits the calibration inputs, not the weights alone
     assert (tmp_path / "plain" / "small.onnx").read_bytes() != (tmp_path / "white" / "small.onnx").read_bytes()
+
+
+def test_sequential_refit_keeps_ranks_and_lowers_every_layers_error(small_mlp_pt2: Path, tmp_path: Path,
+                                                                     capsys) -> None:
+    common = ["build", str(small_mlp_pt2), "--policy", "uniform", "--rank", "8", "--quiet"]
+    code, _, err = run_cli(common + ["--sequential-refit", "--out", str(tmp_path / "no-calib")], capsys)
+    assert code == 2 and "--sequential-refit needs calibration data" in err and not (tmp_path / "no-calib").exists()
+    for name, extra in (("plain", []), ("refit", ["--sequential-refit", "--calib", "digits:train"])):
+        code, _, err = run_cli(common + extra + ["--out", str(tmp_path / name)], capsys)
+        assert code == 0, err
+    plain, refit = (json.loads((tmp_path / n / "build.json").read_text()) for n in ("plain", "refit"))
+    assert refit["options"]["sequential_refit"] is True and "refit" not in plain
+    assert [layer["rank"] for layer in refit["layers"]] == [layer["rank"] for layer in plain["layers"]]
+    layers = refit["refit"]["layers"]
+    assert layers and refit["refit"]["metric"] == "layer output"  # class logits: no embedding metric
+    assert all(r["error_after"] <= r["error_before"] + 1e-6 for r in layers.values()), layers
+    assert any(r["error_after"] < r["error_before"] for r in layers.values()), layers
