@@ -372,3 +372,60 @@ def test_cli_ctrl_c_exits_130_and_keeps_results(digits_model: Path) -> None:
     assert record["interrupted"] is True
     finished = {row["entry"] for row in record["entries"] if row["status"] == "ok"}
     assert {p.name for p in (out / "entries").iterdir()} == finished  # no unfinished folder is left
+
+
+def test_sensitivity_table_on_ray_workers_equals_the_serial_table(ray_local: Any) -> None:
+    """Budget mode's per-layer sensitivity evaluations run as Ray tasks (other processes) through the
+    executor hook, and give the same table and candidate plans as the serial loop."""
+    import numpy as np
+    import torch
+
+    from edgecompress.data import load_digits
+    from edgecompress.lowrank.budget import Budget, lagrangian_plans, layer_curve, measure_sensitivity, sample_outputs
+    from edgecompress.lowrank.spectrum import model_spectra
+    from edgecompress.models import mlp
+    from edgecompress.sweep.workers import ray_map, sensitivity_on_workers
+
+    assert os.getpid() not in ray_map(lambda _: os.getpid(), [0, 1])
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = mlp((64, 48, 32, 10)).eval()
+    spectra = model_spectra(model)
+    curves = {name: layer_curve(s, s, 1) for name, s in spectra.items()}
+    outputs = sample_outputs(Budget(max_accuracy_drop=1.0), load_digits("train").x[:256], None)
+    serial = measure_sensitivity(model, spectra, curves, {}, *outputs, measured_ranks=6)
+    with sensitivity_on_workers():
+        spread = measure_sensitivity(model, spectra, curves, {}, *outputs, measured_ranks=6)
+    assert list(spread) == list(serial) and len(serial) == 3
+    for name, curve in serial.items():
+        assert sorted(spread[name].measured) == sorted(curve.measured) and len(curve.measured) > 1
+        assert np.allclose(list(spread[name].measured.values()), list(curve.measured.values()), rtol=1e-6, atol=0)
+    assert lagrangian_plans(spread) == lagrangian_plans(serial)
+
+
+def test_budget_entry_measures_its_sensitivity_on_the_workers(ray_local: Any, digits_model: Path) -> None:
+    """A budget-mode entry run with sensitivity_on_workers (nested tasks on the 2-worker instance)
+    finds the same ranks as the same entry built directly in this process."""
+    from edgecompress.sweep.task import run_entry
+
+    config_path = write(digits_model / "budget.toml", """
+        [sweep]
+        out = "budget-spread"
+        [defaults]
+        model = "tiny.pt"
+        factory = "factory.py:make"
+        [[entry]]
+        name = "budget"
+        policy = "data"
+        calib = "digits:train"
+        max_accuracy_drop = 2.0
+        eval_split = "digits:val"
+        allocation = "sensitivity"
+        """)
+    config = load_sweep(config_path)
+    record = sweep(config, sensitivity_on_workers=True)
+    assert record["ray"]["sensitivity_on_workers"] is True
+    [row] = record["entries"]
+    assert row["status"] == "ok", row.get("error")
+    [direct] = resolve_entries(config, digits_model / "budget-direct", 1)
+    assert run_entry(direct)["ranks"] == row["ranks"]

@@ -42,10 +42,13 @@ def _progress_printer(quiet: bool) -> Any:
 @click.option("--ship-code", is_flag=True,
               help="Send this edgecompress package to the workers (Ray runtime_env py_modules); for a cluster "
                    "whose nodes have the dependencies but not edgecompress.")
+@click.option("--sensitivity-on-workers/--sensitivity-in-entry", "spread", default=None,
+              help="Budget-mode entries measure their per-layer sensitivity tables as Ray tasks on the other "
+                   "workers.  [default: on with --address, off on a local instance]")
 @click.option("--json", "json_out", default=None, help="Write results.json's content to FILE ('-' for stdout).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress (failed entries still print their error line).")
 def sweep(config_path: Path, out: Path | None, workers: int | None, address: str | None, cpus_per_entry: int | None,
-          retries: int, force: bool, ship_code: bool, json_out: str | None, quiet: bool) -> None:
+          retries: int, force: bool, ship_code: bool, spread: bool | None, json_out: str | None, quiet: bool) -> None:
     """Build every entry of CONFIG.toml (models x policies x budgets x targets) as Ray tasks.
 
     Each entry writes its own folder (OUT/entries/<entry>/ with build.json); OUT/results.json, .md
@@ -71,7 +74,8 @@ def sweep(config_path: Path, out: Path | None, workers: int | None, address: str
 
         runtime_env = {"py_modules": [str(Path(edgecompress.__file__).parent)]}
     record = run(config, out=config.out, workers=workers, address=address, cpus_per_entry=cpus_per_entry,
-                 retries=retries, force=force, runtime_env=runtime_env, progress=_progress_printer(quiet))
+                 retries=retries, force=force, runtime_env=runtime_env, progress=_progress_printer(quiet),
+                 sensitivity_on_workers=spread)
     if json_out == "-":
         click.echo(json.dumps(record, indent=2))
     elif json_out:

@@ -33,9 +33,11 @@ import json
 import math
 import os
 import statistics
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -260,6 +262,29 @@ def embedding_distortion(outputs: torch.Tensor, reference: torch.Tensor) -> floa
     return float(1.0 - torch.nn.functional.cosine_similarity(outputs.double(), reference.double(), dim=-1).mean())
 
 
+Mapper = Callable[[Callable[[Any], Any], Sequence[Any]], list[Any]]
+
+
+def serial_map(fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
+    """The default executor of the sensitivity table: every layer in this process, in order."""
+    return [fn(item) for item in items]
+
+
+# where the sensitivity table's per-layer evaluations run (edgecompress.sweep sets Ray workers)
+SENSITIVITY_MAP: ContextVar[Mapper] = ContextVar("sensitivity_map", default=serial_map)
+
+
+@contextmanager
+def sensitivity_executor(mapper: Mapper) -> Iterator[None]:
+    """Inside this block, :func:`measure_sensitivity` evaluates its layers through ``mapper(fn, items)``
+    (which must return ``[fn(item) for item in items]``, in order, e.g. on other processes)."""
+    token = SENSITIVITY_MAP.set(mapper)
+    try:
+        yield
+    finally:
+        SENSITIVITY_MAP.reset(token)
+
+
 def measure_sensitivity(model: nn.Module, spectra: Mapping[str, LayerSpectrum], curves: Mapping[str, LayerCurve],
                         factors: Mapping[str, Any], outputs: Callable[[nn.Module], torch.Tensor],
                         distortion: Callable[[torch.Tensor, torch.Tensor], float] = output_distortion, *,
@@ -268,27 +293,40 @@ def measure_sensitivity(model: nn.Module, spectra: Mapping[str, LayerSpectrum], 
     """Add the measured network-output distortion to each layer's curve (one layer compressed at a time).
 
     ``outputs(model)`` runs a model on the fixed sample; each candidate layer is swapped into one
-    working copy of ``model`` and swapped back, so ``model`` itself is never touched.
+    working copy of ``model`` and swapped back, so ``model`` itself is never touched. The layers
+    are evaluated through the current :data:`SENSITIVITY_MAP` (serial unless a sweep set workers).
     """
     work = copy_module(model)
     with torch.no_grad():
         reference = outputs(work)
-    result = {}
-    for index, (name, curve) in enumerate(curves.items()):
-        grid = [r for r in curve.ranks if r is not None]
+    mapper = SENSITIVITY_MAP.get()
+    report = progress if mapper is serial_map else None  # a callback stays in this process
+    if progress and report is None:
+        progress(f"sensitivity: {len(curves)} layers on the sweep's workers")
+    jobs = [(index, name, [r for r in curve.ranks if r is not None])
+            for index, (name, curve) in enumerate(curves.items())]
+
+    def layer(job: tuple[int, str, list[int]]) -> dict[int, float]:
+        index, name, grid = job
+        nonlocal work
         measured: dict[int, float] = {}
         original = work.get_submodule(name)
         source = factors.get(name, spectra[name])
         bias = None if original.bias is None else original.bias.detach()
         try:
             for rank in _measured_ranks(grid, measured_ranks):
-                if progress:
-                    progress(f"sensitivity: layer {index + 1}/{len(curves)} ({name}), rank {rank}")
+                if report:
+                    report(f"sensitivity: layer {index + 1}/{len(curves)} ({name}), rank {rank}")
                 work = replace_submodule(work, name, LowRankLinear.from_factors(*source.factors(rank), bias))
                 with torch.no_grad():
                     measured[rank] = distortion(outputs(work), reference)
         finally:
             work = replace_submodule(work, name, original)
+        return measured
+
+    result = {}
+    for (_, name, grid), measured in zip(jobs, mapper(layer, jobs)):
+        curve = curves[name]
         distortion_curve = (*(_interpolate(grid, measured) if grid else []), 0.0)
         result[name] = LayerCurve(name, curve.ranks, curve.params, curve.error, distortion_curve, measured)
     return result

@@ -94,9 +94,9 @@ def _crash_row(entry: Entry, exc: BaseException, retries: int) -> dict[str, Any]
                              f"{'retry' if retries == 1 else 'retries'}")
 
 
-def _schedule(ray: Any, todo: list[Entry], cpus: int, retries: int) -> dict[Any, Entry]:
+def _schedule(ray: Any, todo: list[Entry], cpus: int, retries: int, spread: bool) -> dict[Any, Entry]:
     remote = ray.remote(num_cpus=cpus, max_retries=retries, retry_exceptions=False)(run_entry)
-    return {remote.remote(entry, cpus): entry for entry in todo}
+    return {remote.remote(entry, cpus, spread): entry for entry in todo}
 
 
 def _collect(ray: Any, pending: dict[Any, Entry], retries: int, on_row: Callable[[Entry, dict[str, Any]], None]) -> None:
@@ -127,8 +127,13 @@ def _cancel(ray: Any, pending: dict[Any, Entry]) -> None:
 
 def run_sweep(sweep: SweepConfig, *, out: Path | None = None, workers: int | None = None, address: str | None = None,
               cpus_per_entry: int | None = None, retries: int = 1, force: bool = False,
-              runtime_env: dict[str, Any] | None = None, progress: Progress | None = None) -> SweepRun:
+              runtime_env: dict[str, Any] | None = None, progress: Progress | None = None,
+              sensitivity_on_workers: bool | None = None) -> SweepRun:
     """Run every entry of ``sweep`` that has no finished result yet (all of them with ``force``).
+
+    ``sensitivity_on_workers``: budget-mode entries measure their per-layer sensitivity tables as
+    Ray tasks too (default: on a cluster, i.e. with ``address``; on one machine the entries
+    already keep every core busy).
 
     Returns the rows of all entries; on Ctrl-C, unfinished tasks are cancelled, the rows so far are
     returned with ``interrupted`` set (the caller writes them and exits 130).
@@ -164,7 +169,9 @@ def run_sweep(sweep: SweepConfig, *, out: Path | None = None, workers: int | Non
                     "cpus_per_entry": cpus, "max_retries": retries}
         pending: dict[Any, Entry] = {}
         try:
-            pending = _schedule(ray, todo, cpus, retries)
+            spread = bool(address) if sensitivity_on_workers is None else sensitivity_on_workers
+            ray_info["sensitivity_on_workers"] = spread
+            pending = _schedule(ray, todo, cpus, retries, spread)
             _collect(ray, pending, retries, record)
         except KeyboardInterrupt:
             interrupted = True

@@ -93,19 +93,24 @@ def failed_row(entry: Entry, error: str) -> dict[str, Any]:
     return {**base_row(entry), "status": "failed", "error": error}
 
 
-def run_entry(entry: Entry, cpus: int = 1) -> dict[str, Any]:
+def run_entry(entry: Entry, cpus: int = 1, spread_sensitivity: bool = False) -> dict[str, Any]:
     """Build one entry in its folder (removing what an earlier, unfinished attempt left) and return
-    its row; a typed error or an unexpected exception gives a failed row instead."""
+    its row; a typed error or an unexpected exception gives a failed row instead. With
+    ``spread_sensitivity`` a budget-mode build measures its sensitivity table on other Ray workers."""
+    from contextlib import nullcontext
+
     import torch
 
     from edgecompress.pipeline import build
+    from edgecompress.sweep.workers import sensitivity_on_workers
 
     torch.set_num_threads(cpus)
     if entry.folder.exists():
         shutil.rmtree(entry.folder)
     start = time.perf_counter()
     try:
-        result = build(entry.config)
+        with sensitivity_on_workers(cpus) if spread_sensitivity else nullcontext():
+            result = build(entry.config)
         row = {**base_row(entry), "status": "ok", **summarize(result.record)}
         if entry.bench:
             row.update(_bench(result.record, entry.folder, entry.config.eval_data, cpus))
