@@ -25,7 +25,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from methods import closest, ranks_params, uniform_ranks  # noqa: E402
+from baselines import closest, ranks_params, uniform_ranks  # noqa: E402
 from report import paired, verdict  # noqa: E402
 from setups import setups, trained_model  # noqa: E402
 

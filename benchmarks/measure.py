@@ -1,29 +1,28 @@
-"""Measure candidates the same way: export to ONNX with edgecompress (simplify, refold guard, int8),
-verify against torch and score on the validation split as each one is made; at the end,
-``edgecompress.bench.run_benchmark`` over every artifact (test accuracy, macro-F1, file size, peak
-memory in a fresh process), then per artifact a batch-1 single-thread latency run interleaved with
-dense alone (ratio of p50s from the same run).
+"""Measure models the same way for every row of a page: ONNX export of a baseline candidate
+(edgecompress export, onnxsim, refold guard, int8, verification against torch), accuracy on the
+validation split (selection), and bench results (test accuracy, macro-F1, file size, peak memory in
+a fresh process, batch-1 single-thread latency interleaved with dense, p50 ratio from the same run).
+Sweep entries are benchmarked by the sweep itself (``bench = true``: bench.json in their folders).
 """
 
 from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
 
+from baselines import Artifact, Candidate
 from edgecompress.bench import run_benchmark
 from edgecompress.bench.metrics import accuracy, top1
 from edgecompress.data import Dataset
 from edgecompress.export.onnx import check_factors_kept, export_onnx, simplify_onnx
 from edgecompress.export.quantize import int8_tolerance, quantize_onnx
 from edgecompress.export.verify import Tolerance, ort_runner, torch_outputs, verify
-
-from methods import Artifact, Candidate, Settings
 
 
 def slug(label: str) -> str:
@@ -54,63 +53,50 @@ def export(candidate: Candidate, folder: Path, input_shape: tuple[int, ...], val
     return Artifact(path, path.stat().st_size, seconds, accuracy(val.y, top1(outputs)), checked.to_json())
 
 
-@dataclass(frozen=True)
-class Bench:
-    """The bench results: one run over every model (test accuracy, F1, size, peak memory) and, per
-    model, its latency run interleaved with dense alone (so every pair shares the same cache state)."""
-
-    overview: dict[str, Any]
-    latency: dict[str, dict[str, Any]]  # artifact file name -> its result row in the pair run
-    aa_ratio: float | None  # dense vs a second session of dense: the noise floor of the ratios
+def predictions(path: Path, data: Dataset) -> np.ndarray:
+    """Arg-max class of a model on every sample (validation accuracy, paired test comparisons)."""
+    return top1(ort_runner(path, threads=1)(data.x))
 
 
-def bench(candidates: list[Candidate], test: Dataset, settings: Settings, *, progress: bool) -> Bench:
-    """Benchmark every candidate's artifact (the first candidate is the dense reference)."""
-    paths = [c.artifact.path for c in candidates if c.artifact is not None]
-    overview = run_benchmark(paths, data=test, batches=(1,), threads=1, runs=1, warmup=0, memory=True,
-                             progress=progress)
-    latency = {path.name: run_benchmark([paths[0], path], batches=(1,), threads=1, runs=settings.bench_runs,
-                                        warmup=settings.bench_warmup, memory=False, progress=False)["results"][1]
-               for path in paths}
-    aa_ratio = latency[paths[0].name]["ratios"]["p50"]
-    latency[paths[0].name] = {**latency[paths[0].name], "ratios": {"p50": 1.0}}
-    return Bench(overview, latency, aa_ratio)
+def bench_against(dense: Path, path: Path, test: Dataset, runs: int, warmup: int) -> dict[str, Any]:
+    """bench.json's result of ``path`` in one run interleaved with ``dense`` alone (memory included)."""
+    return run_benchmark([dense, path], data=test, batches=(1,), threads=1, runs=runs, warmup=warmup,
+                         memory=True, progress=False)["results"][1]
 
 
-def test_predictions(path: Path, test: Dataset) -> np.ndarray:
-    """Arg-max class of a model on every test sample (for paired comparisons)."""
-    return top1(ort_runner(path, threads=1)(test.x))
+def noise_floor(dense: Path, test: Dataset, runs: int, warmup: int) -> float:
+    """p50 ratio of dense against a second copy of itself (separate sessions): the ratios' noise."""
+    import shutil
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="edgecompress-aa-") as folder:
+        copy = Path(folder) / f"again-{dense.name}"
+        shutil.copyfile(dense, copy)
+        return float(bench_against(dense, copy, test, runs, warmup)["ratios"]["p50"])
 
 
-def row(candidate: Candidate, result: dict[str, Any], latency: dict[str, Any], dense_params: int) -> dict[str, Any]:
-    """One results row: the candidate's facts, its bench.json result and its latency vs dense."""
-    artifact = candidate.artifact
-    assert artifact is not None
+def row(label: str, method: str, linear_params: int, dense_params: int, result: Mapping[str, Any], *,
+        val_accuracy: float, method_seconds: float, export_seconds: float, artifact: str,
+        meta: dict[str, Any], verification: Any = None, csr: int | None = None) -> dict[str, Any]:
+    """One page row: the model's facts and its bench.json result (latency ratio vs dense, same run)."""
     return {
-        "label": candidate.label,
-        "method": candidate.method,
-        "linear_params": candidate.linear_params,
-        "linear_param_fraction": round(candidate.linear_params / dense_params, 6),
+        "label": label,
+        "method": method,
+        "linear_params": linear_params,
+        "linear_param_fraction": round(linear_params / dense_params, 6),
         "onnx_bytes": result["bytes"],
-        "csr_bytes": candidate.meta.get("csr_bytes"),
-        "val_accuracy": round(artifact.val_accuracy, 6),
+        "csr_bytes": csr,
+        "val_accuracy": round(val_accuracy, 6),
         "accuracy": result["accuracy"],
         "macro_f1": result["macro_f1"],
-        "latency_p50_ms": latency["latency_ms"]["p50"],
-        "latency_p50_ratio": latency["ratios"]["p50"],
+        "latency_p50_ms": result["latency_ms"]["p50"],
+        "latency_p50_ratio": result["ratios"]["p50"],
         "peak_rss_mib": result["peak_rss_mib"],
         "rss_increment_mib": result["rss_increment_mib"],
-        "build_seconds": round(candidate.seconds + artifact.seconds, 3),
-        "method_seconds": round(candidate.seconds, 3),
-        "export_seconds": round(artifact.seconds, 3),
-        "artifact": artifact.path.name,
-        "meta": {k: v for k, v in candidate.meta.items() if k != "csr_bytes"},
-        "verification": artifact.verification,
+        "build_seconds": round(method_seconds + export_seconds, 3),
+        "method_seconds": round(method_seconds, 3),
+        "export_seconds": round(export_seconds, 3),
+        "artifact": artifact,
+        "meta": meta,
+        "verification": verification,
     }
-
-
-def rows(candidates: list[Candidate], measured: Bench, dense_params: int) -> list[dict[str, Any]]:
-    """Rows of every measured candidate, joined to the bench results by artifact file name."""
-    by_name = {r["model"]: r for r in measured.overview["results"]}
-    return [row(c, by_name[c.artifact.path.name], measured.latency[c.artifact.path.name], dense_params)
-            for c in candidates if c.artifact is not None]

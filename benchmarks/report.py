@@ -176,6 +176,13 @@ def ordered(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: (rank.get(r["method"], len(rank)), -r["linear_params"], r["label"]))
 
 
+def _sweep_text(sweep: dict[str, Any]) -> str:
+    counts, ray = sweep["counts"], sweep.get("ray") or {}
+    where = f" on Ray ({ray.get('cpus'):g} CPUs)" if ray.get("cpus") else ""
+    return (f"{counts['total']} entries, {counts['done']} built, {counts['skipped']} reused from an earlier run, "
+            f"{counts['failed']} failed, {sweep['wall_s']:.0f} s{where}")
+
+
 def markdown(record: dict[str, Any], plot_file: str | None) -> str:
     """The results page of one setup."""
     setup, prov, bench = record["setup"], record["provenance"], record["bench"]
@@ -189,12 +196,15 @@ def markdown(record: dict[str, Any], plot_file: str | None) -> str:
         f"{dense['latency_p50_ms']:.3f} ms p50 at batch 1.",
         f"Machine: {prov['cpu']}, {record['cores']} core(s) available, {prov['os']}; onnxruntime "
         f"{prov['versions'].get('onnxruntime')}, torch {prov['versions'].get('torch')}; commit "
-        f"`{(prov.get('git_commit') or 'unknown')[:12]}`, {prov['timestamp']}. Command: `{record['command']}`.",
-        f"Latency: batch 1, 1 intra-op thread; each model interleaved with dense alone ({bench['runs']} timed rounds "
-        f"after {bench['warmup']} warm-up), its p50 divided by dense's p50 from the same run; dense against a second "
-        f"session of itself gives {_num(bench['aa_ratio'], '.3f')} (the noise floor). Peak RSS: each model loaded and "
-        "run in a fresh process that imported only onnxruntime (Δ = over that process before loading). Build s: "
-        "the method (SVDs, calibration, training) + ONNX export, onnxsim, refold guard, verification; the machine is "
+        f"`{(prov.get('git_commit') or 'unknown')[:12]}`, {prov['timestamp']}. Command: `{record['command']}`. "
+        f"Machine load (`uptime`) before: `{record['uptime']['before']}`; after: `{record['uptime']['after']}`.",
+        f"What is measured: `{record['config']}` (sweep: {_sweep_text(record['sweep'])}), then the baseline step "
+        f"({', '.join(record['settings']['baselines']) or 'none'}: the methods that are not builds).",
+        f"Latency: batch 1, 1 intra-op thread; {bench['latency']} ({bench['runs']} timed rounds after "
+        f"{bench['warmup']} warm-up), p50 divided by dense's p50 from the same run; dense against a second session "
+        f"of itself gives {_num(bench['aa_ratio'], '.3f')} (the noise floor). Peak RSS: each model loaded and run in "
+        "a fresh process that imported only onnxruntime (Δ = over that process before loading). Build s: the "
+        "method (SVDs, calibration, training) + ONNX export, onnxsim, refold guard, verification; the machine is "
         "shared, so seconds and latencies carry noise.",
     ]
     if plot_file:

@@ -71,12 +71,19 @@ def _is_reference(setup: Setup, mnist_dir: Path) -> bool:
     return setup.name == "mnist" and Path(setup.data) == mnist_dir and setup.sizes == (784, 1024, 1024, 10)
 
 
+def model_file(setup: Setup, *, cache: Path = CACHE_DIR, mnist_dir: Path = MNIST_DIR) -> Path:
+    """Where the trained dense model's state_dict is cached (what the sweep configs' entries load)."""
+    if _is_reference(setup, mnist_dir) and setup.batch_size == 128 and setup.lr == 1e-3:
+        return cache / f"reference-mnist-mlp-e{setup.epochs}-seed0-v2.pt"  # models.trained_reference_mlp's cache
+    return cache / "benchmarks" / f"{setup.model_name}-e{setup.epochs}-b{setup.batch_size}-seed0.pt"
+
+
 def trained_model(setup: Setup, *, cache: Path = CACHE_DIR, mnist_dir: Path = MNIST_DIR) -> nn.Module:
     """The trained dense model (from the cache when it was trained before), in eval mode."""
     if _is_reference(setup, mnist_dir) and setup.batch_size == 128 and setup.lr == 1e-3:
         model = trained_reference_mlp(mnist_dir, cache=cache, epochs=setup.epochs)
     else:
-        path = cache / "benchmarks" / f"{setup.model_name}-e{setup.epochs}-b{setup.batch_size}-seed0.pt"
+        path = model_file(setup, cache=cache, mnist_dir=mnist_dir)
         model = mlp(setup.sizes)
         if path.is_file():
             model.load_state_dict(torch.load(path, weights_only=True))

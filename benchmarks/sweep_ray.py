@@ -2,7 +2,7 @@
 
     python benchmarks/sweep_ray.py --out benchmarks/results/sweep-ray_digits_cpu-2core.json
 
-1. Wall time of benchmarks/sweeps/digits.toml (6 builds) on a fresh local Ray instance with 1 and
+1. Wall time of benchmarks/sweeps/ray-digits.toml (6 builds) on a fresh local Ray instance with 1 and
    with 2 CPUs (each includes starting Ray and its workers), run in the order given by --order
    (default 1,2,2,1: each worker count once early and once late), every entry rebuilt (force).
 2. Per-entry overhead: one entry built directly in this process and as a Ray task on a warm
@@ -34,7 +34,7 @@ from edgecompress.sweep.entries import resolve_entries
 from edgecompress.sweep.task import run_entry
 
 HERE = Path(__file__).resolve().parent
-CONFIG = HERE / "sweeps" / "digits.toml"
+CONFIG = HERE / "sweeps" / "ray-digits.toml"
 OVERHEAD_ENTRY = "uniform-rank16"
 
 
@@ -90,7 +90,7 @@ def markdown(result: dict[str, Any]) -> str:
     ratio = median[2] / median[1] if 1 in median and 2 in median else None
     lines = ["# edgecompress sweep on Ray: digits, 1 vs 2 workers; per-entry overhead", "",
              f"Command: `{result['command']}`", "",
-             f"Config: `benchmarks/sweeps/digits.toml` ({runs[0]['counts']['total']} builds of the 64-256-256-10 "
+             f"Config: `benchmarks/sweeps/ray-digits.toml` ({runs[0]['counts']['total']} builds of the 64-256-256-10 "
              "digits MLP); every run rebuilds every entry on a fresh local Ray instance (start-up included).", "",
              f"Machine load before: `{result['uptime_before']}`; after: `{result['uptime_after']}` "
              "(2 cores shared with other work: absolute times are only comparable within this run).", "",

@@ -122,10 +122,20 @@ def test_identity_follows_resolved_options_and_model_bytes(tmp_path: Path, small
         [[entry]]
         name = "missing"
         model = "nope.pt2"
+        [[entry]]
+        name = "benched"
+        policy = "uniform"
+        bench = true
+        [[entry]]
+        name = "benched-2000"
+        policy = "uniform"
+        bench = true
+        bench_runs = 2000
         """)
     first = resolve_entries(load_sweep(path), tmp_path / "out", 1)
-    implicit, explicit, other, missing = first
+    implicit, explicit, other, missing, benched, longer = first
     assert implicit.identity == explicit.identity  # rank 32 is uniform's default
+    assert len({implicit.identity, benched.identity, longer.identity}) == 3 and longer.bench_runs == 2000
     assert other.identity != implicit.identity
     assert missing.identity is None and "model file not found" in str(missing.error)
     assert implicit.config.eval_data is None and implicit.folder == tmp_path / "out" / "entries" / "implicit"

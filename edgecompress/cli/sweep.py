@@ -58,7 +58,7 @@ def sweep(config_path: Path, out: Path | None, workers: int | None, address: str
 
     \b
     Examples:
-      edgecompress sweep benchmarks/sweeps/digits.toml --workers 2
+      edgecompress sweep benchmarks/sweeps/ray-digits.toml --workers 2
       edgecompress sweep sweep.toml --out runs/ --json - --quiet
       edgecompress sweep sweep.toml --address auto          # on a node of a running Ray cluster
     See docs/sweep.md for the config format and multi-machine clusters.

@@ -54,7 +54,7 @@ OPTION_TYPES: dict[str, tuple[type, ...]] = {
     # extra targets
     "quantize": _STR, "batch": _INT, "int8_agreement": _NUM,
     # after the build
-    "bench": _BOOL,
+    "bench": _BOOL, "bench_runs": _INT,
 }
 POLICY_OPTIONS: frozenset[str] = frozenset({"rank", "threshold", "scale", "max_error", "refit", "max_iter", "sparsity",
                                             "lambda_orth", "lambda_sparsity", "prune_energy"})
@@ -186,10 +186,12 @@ def _expand(src: _Source, defaults: dict[str, Any], grids: list[Any], singles: l
     for index, grid in enumerate(grids):
         table = _options(src, "grid", index, grid, axis=True)
         axes = [(key, value if isinstance(value, list) else [value]) for key, value in table.items()]
+        # labels name the grid's axes (its list values); a table without lists is named by all its keys
+        named = tuple(key for key, value in table.items() if isinstance(value, list)) or tuple(table)
         for combo in itertools.product(*(values for _, values in axes)):
             own = dict(zip((key for key, _ in axes), combo))
             options = {**defaults, **own}
-            entries.append(EntrySpec(_label(options, tuple(own)), options, src.where("grid", index), tuple(own)))
+            entries.append(EntrySpec(_label(options, named), options, src.where("grid", index), tuple(own)))
     for index, single in enumerate(singles):
         own = _options(src, "entry", index, single)
         options = {**defaults, **own}

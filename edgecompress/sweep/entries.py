@@ -43,6 +43,7 @@ class Entry:
     config: Any = None  # BuildConfig
     bench: bool = False
     identity: str | None = None
+    bench_runs: int | None = None  # timed rounds of the bench (None: edgecompress bench's default)
     error: str | None = None
 
 
@@ -152,13 +153,15 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def identity(config: Any, bench: bool, model_sha256: str) -> str:
+def identity(config: Any, bench: bool, model_sha256: str, bench_runs: int | None = None) -> str:
     """SHA-256 of the resolved options (all but ``out`` and ``model``) and the model's digest."""
     options = _plain(config)
     options.pop("out", None)
     options.pop("model", None)
-    payload = json.dumps({"options": options, "bench": bench, "model_sha256": model_sha256}, sort_keys=True,
-                         default=str)
+    facts: dict[str, Any] = {"options": options, "bench": bench, "model_sha256": model_sha256}
+    if bench and bench_runs is not None:
+        facts["bench_runs"] = bench_runs
+    payload = json.dumps(facts, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
@@ -170,12 +173,15 @@ def resolve_entries(sweep: SweepConfig, out: Path, cpus: int) -> list[Entry]:
     for spec in sweep.entries:
         folder = out / ENTRIES_DIR / spec.label
         bench = bool(spec.options.get("bench", False))
+        runs = spec.options.get("bench_runs")
         try:
+            if runs is not None and runs < 1:
+                raise InputError(f"bench_runs must be >= 1, got {runs}")
             config = build_config(spec.options, folder, sweep.base_dir, cpus, spec.source)
             if config.model not in digests:
                 digests[config.model] = input_digest(config.model)
             entries.append(Entry(spec.label, folder, spec.source, spec.options, config, bench,
-                                 identity(config, bench, digests[config.model])))
+                                 identity(config, bench, digests[config.model], runs), runs))
         except ConfigError:
             raise
         except EdgeCompressError as exc:

@@ -49,7 +49,8 @@ def summarize(record: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _bench(record: dict[str, Any], folder: Path, eval_data: str | None, threads: int) -> dict[str, Any]:
+def _bench(record: dict[str, Any], folder: Path, eval_data: str | None, threads: int,
+           runs: int | None = None) -> dict[str, Any]:
     """Benchmark the build's artifacts against its dense export; write bench.json; p50s for the row."""
     from edgecompress.bench import run_benchmark, write_json
 
@@ -58,7 +59,7 @@ def _bench(record: dict[str, Any], folder: Path, eval_data: str | None, threads:
     roles = [reference] + [role for role in artifacts if role != reference]
     paths = [str(folder / artifacts[role]["path"]) for role in roles]
     result = run_benchmark(paths, data=eval_data, batches=(record["options"].get("tflite_batch") or 1,),
-                           threads=threads, progress=False)
+                           threads=threads, runs=runs, progress=False)
     write_json(result, folder / "bench.json")
     p50 = {Path(str(r.get("model"))).name: (r.get("latency_ms") or {}).get("p50") for r in result.get("results", [])}
     return {f"{role}_p50_ms": p50.get(artifacts[role]["path"]) for role in roles}
@@ -113,7 +114,7 @@ def run_entry(entry: Entry, cpus: int = 1, spread_sensitivity: bool = False) -> 
             result = build(entry.config)
         row = {**base_row(entry), "status": "ok", **summarize(result.record)}
         if entry.bench:
-            row.update(_bench(result.record, entry.folder, entry.config.eval_data, cpus))
+            row.update(_bench(result.record, entry.folder, entry.config.eval_data, cpus, entry.bench_runs))
     except EdgeCompressError as exc:
         shutil.rmtree(entry.folder, ignore_errors=True)  # the bench may have failed after the build
         return failed_row(entry, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
