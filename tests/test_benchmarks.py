@@ -102,3 +102,27 @@ def test_matched_rows_pair_with_the_closest_anchor_within_tolerance(monkeypatch:
                    "u90": ["u90"], "d1": ["energy", "u50"], "d2": None}
     assert page.magnitude_targets(rows, 1000) == {500: ["energy"], 100: ["svd"], 95: ["u8"], 480: ["u50"],
                                                   900: ["u90"]}
+
+
+def test_page_configs_load_the_cached_model_and_the_given_mnist_folder(monkeypatch: pytest.MonkeyPatch,
+                                                                       tmp_path: Path) -> None:
+    """Every checked-in page config parses, names a benchmark setup and benchmarks every entry;
+    run.py points the entries at the cached model and at --mnist-dir."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import run
+
+    from edgecompress.sweep import load_sweep
+
+    names = {}
+    for path in sorted((BENCHMARKS / "sweeps").glob("*.toml")):
+        if path.stem == "ray-digits":  # sweep_ray.py's timing sweep, not a page
+            continue
+        config = load_sweep(path)
+        names[path.stem] = run.setup_of(config, tmp_path).name
+        moved = run.with_model(config, tmp_path / "model.pt", tmp_path / "mnist")
+        for entry in moved.entries:
+            assert entry.options["model"] == str(tmp_path / "model.pt") and entry.options["bench"] is True
+            assert not any(str(v).startswith(run.MNIST_IN_CONFIG) for v in entry.options.values())
+    assert names == {"digits": "digits", "fashion-mnist": "fashion-mnist", "mnist": "mnist", "smoke": "digits"}
+    mnist = run.with_model(load_sweep(BENCHMARKS / "sweeps" / "mnist.toml"), tmp_path / "m.pt", tmp_path / "mnist")
+    assert {e.options["eval"] for e in mnist.entries} == {f"{tmp_path / 'mnist'}:test"}
