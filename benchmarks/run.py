@@ -172,6 +172,7 @@ def run_page(config_path: Path, out: Path, *, workers: int | None, force: bool, 
         log(f"[{setup.name}] sweep {config_path.name}: {len(config.entries)} entries -> {sweep_out}")
         result = sweep(config, out=sweep_out, workers=workers, force=force, progress=progress)
         if result["interrupted"]:
+            log(f"[{setup.name}] the finished entries are kept in {sweep_out}")
             raise KeyboardInterrupt
         ctx = page.EntryRows(result, sweep_out, setup.split("val"), setup.split("test"))
         if ctx.dense is None:
@@ -234,7 +235,14 @@ def run_page(config_path: Path, out: Path, *, workers: int | None, force: bool, 
 @click.option("--mnist-dir", type=click.Path(path_type=Path), default=MNIST_DIR, help="MNIST IDX folder.")
 def main(dataset: str, configs: tuple[Path, ...], smoke_run: bool, out: Path | None, workers: int | None, force: bool,
          baseline_names: str, mnist_dir: Path) -> None:
-    """Render benchmark pages from their sweep configs (sweep, then the baseline step, then the page)."""
+    """Render benchmark pages from their sweep configs (sweep, then the baseline step, then the page).
+
+    \b
+    Examples:
+      python benchmarks/run.py --dataset digits --workers 2
+      python benchmarks/run.py --dataset mnist --mnist-dir ../shared/datasets/mnist
+      python benchmarks/run.py --smoke --out /tmp/smoke --baselines magnitude
+    """
     names = [n.strip() for n in baseline_names.split(",") if n.strip()]
     unknown = [n for n in names if n not in baselines.BASELINES]
     if unknown:
@@ -262,6 +270,9 @@ def main(dataset: str, configs: tuple[Path, ...], smoke_run: bool, out: Path | N
                            is_smoke=smoke_run)
         except EdgeCompressError as exc:  # a bad config or a missing Ray: one line, exit 2
             raise click.UsageError(str(exc).splitlines()[0]) from None
+        except KeyboardInterrupt:  # the sweep's finished entries stay in its folder
+            log(f"[{path.stem}] interrupted; run the same command to go on")
+            sys.exit(130)
         log(f"[{path.stem}] done in {time.perf_counter() - started:.0f} s")
     sys.exit(0 if ok else 1)
 
