@@ -26,7 +26,7 @@ DATA_KEYS = ("eval", "calib", "eval_split", "finetune", "train", "val")
 TARGETS = ("onnx", "tflite")
 # sweep option -> BuildConfig field, where the names differ (the CLI's flag names are the sweep's keys)
 RENAMED = {"eval": "eval_data", "calib": "calib_data", "finetune": "finetune_data", "train": "train_data",
-           "int8_agreement": "int8_min_agreement"}
+           "int8_agreement": "int8_min_agreement", "int4_agreement": "int4_min_agreement"}
 TRAINING = {"val": "val", "lr": "lr", "train_batch": "batch_size", "temperature": "temperature",
             "finetune_epochs": "finetune_epochs"}
 ENTRIES_DIR = "entries"
