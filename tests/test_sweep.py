@@ -419,9 +419,11 @@ def test_sensitivity_table_on_ray_workers_equals_the_serial_table(ray_local: Any
     assert lagrangian_plans(spread) == lagrangian_plans(serial)
 
 
-def test_budget_entry_measures_its_sensitivity_on_the_workers(ray_local: Any, digits_model: Path) -> None:
+def test_budget_entry_measures_its_sensitivity_on_the_workers(ray_local: Any, digits_model: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """A budget-mode entry run with sensitivity_on_workers (nested tasks on the 2-worker instance)
-    finds the same ranks as the same entry built directly in this process."""
+    finds the same ranks as the same entry built directly in this process (both measure their table:
+    the first stores it in the test session's table cache, the direct build does not read it)."""
     from edgecompress.sweep.task import run_entry
 
     config_path = write(digits_model / "budget.toml", """
@@ -443,5 +445,10 @@ def test_budget_entry_measures_its_sensitivity_on_the_workers(ray_local: Any, di
     assert record["ray"]["sensitivity_on_workers"] is True
     [row] = record["entries"]
     assert row["status"] == "ok", row.get("error")
+    search = json.loads((digits_model / "budget-spread" / "entries" / "budget" / "build.json").read_text())["search"]
+    assert search["table_cache"]["status"] == "stored"  # measured (on the workers), not reused
+    monkeypatch.setenv("EDGECOMPRESS_TABLE_CACHE", "off")  # the direct build measures it serially again
     [direct] = resolve_entries(config, digits_model / "budget-direct", 1)
     assert run_entry(direct)["ranks"] == row["ranks"]
+    assert "table_cache" not in json.loads((digits_model / "budget-direct" / "entries" / "budget" / "build.json")
+                                           .read_text())["search"]
