@@ -136,12 +136,15 @@ def test_identity_follows_resolved_options_and_model_bytes(tmp_path: Path, small
         policy = "uniform"
         svd = "exact"
         int4_agreement = 0.9
+        sequential_refit = true
+        calib = "digits:train"
         """)
     first = resolve_entries(load_sweep(path), tmp_path / "out", 1)
     implicit, explicit, other, missing, benched, longer, exact = first
     assert implicit.identity == explicit.identity  # rank 32 is uniform's default
     assert len({implicit.identity, benched.identity, longer.identity, exact.identity}) == 4
     assert longer.bench_runs == 2000 and exact.config.svd == "exact" and exact.config.int4_min_agreement == 0.9
+    assert exact.config.sequential_refit is True
     assert other.identity != implicit.identity
     assert missing.identity is None and "model file not found" in str(missing.error)
     assert implicit.config.eval_data is None and implicit.folder == tmp_path / "out" / "entries" / "implicit"

@@ -46,7 +46,7 @@ OPTION_TYPES: dict[str, tuple[type, ...]] = {
     "eval": _STR, "eval_samples": _INT, "verify_samples": _INT, "atol": _NUM, "rtol": _NUM, "seed": _INT,
     "calib": _STR, "calib_samples": _INT,
     # budget mode
-    "max_accuracy_drop": _NUM, "eval_split": _STR, "target_params": _NUM, "target_size": (str, int),
+    "max_accuracy_drop": _NUM, "min_cosine": _NUM, "eval_split": _STR, "target_params": _NUM, "target_size": (str, int),
     "round_to": _INT, "allocation": _STR, "confidence": _NUM,
     # training
     "finetune": _STR, "train": _STR, "epochs": _INT, "distill_weight": _NUM, "val": _STR, "lr": _NUM,
@@ -54,7 +54,7 @@ OPTION_TYPES: dict[str, tuple[type, ...]] = {
     # extra targets
     "quantize": _STR, "batch": _INT, "int8_agreement": _NUM, "int4_agreement": _NUM,
     # factorization
-    "whiten": _BOOL, "svd": _STR,
+    "whiten": _BOOL, "sequential_refit": _BOOL, "svd": _STR,
     # after the build
     "bench": _BOOL, "bench_runs": _INT,
 }
