@@ -226,30 +226,30 @@ def test_an_ungrouped_option_lands_in_other() -> None:
     assert out.index("Main:") < out.index("--a") < out.index(f"{OTHER}:") < out.index("--b")
 
 
-def test_whiten_factors_on_calibration_data_and_needs_calib(small_mlp_pt2: Path, tmp_path: Path, capsys) -> None:
-    common = ["build", str(small_mlp_pt2), "--policy", "uniform", "--rank", "8", "--quiet"]
-    code, _, err = run_cli(common + ["--whiten", "--out", str(tmp_path / "no-calib")], capsys)
-    assert code == 2 and "--whiten needs calibration data" in err and not (tmp_path / "no-calib").exists()
-    for name, extra in (("plain", []), ("white", ["--whiten", "--calib", "digits:train"])):
+def _plain_and_with_calib_flag(model: Path, flag: str, tmp_path: Path, capsys) -> tuple[dict, dict]:
+    """``flag`` without --calib is refused (exit 2, no folder); then build.json of a uniform rank-8 build
+    without the flag and of one with ``flag --calib digits:train``."""
+    common = ["build", str(model), "--policy", "uniform", "--rank", "8", "--quiet"]
+    code, _, err = run_cli(common + [flag, "--out", str(tmp_path / "no-calib")], capsys)
+    assert code == 2 and f"{flag} needs calibration data" in err and not (tmp_path / "no-calib").exists()
+    for name, extra in (("plain", []), ("flagged", [flag, "--calib", "digits:train"])):
         code, _, err = run_cli(common + extra + ["--out", str(tmp_path / name)], capsys)
         assert code == 0, err
-    plain, white = (json.loads((tmp_path / n / "build.json").read_text()) for n in ("plain", "white"))
+    return tuple(json.loads((tmp_path / n / "build.json").read_text()) for n in ("plain", "flagged"))
+
+
+def test_whiten_factors_on_calibration_data_and_needs_calib(small_mlp_pt2: Path, tmp_path: Path, capsys) -> None:
+    plain, white = _plain_and_with_calib_flag(small_mlp_pt2, "--whiten", tmp_path, capsys)
     assert white["options"]["whiten"] is True and plain["options"]["whiten"] is False
     assert "calibration" in white and "calibration" not in plain
     assert [layer["rank"] for layer in white["layers"]] == [layer["rank"] for layer in plain["layers"]]
     # same ranks, other factors: the whitened pair fits the calibration inputs, not the weights alone
-    assert (tmp_path / "plain" / "small.onnx").read_bytes() != (tmp_path / "white" / "small.onnx").read_bytes()
+    assert (tmp_path / "plain" / "small.onnx").read_bytes() != (tmp_path / "flagged" / "small.onnx").read_bytes()
 
 
 def test_sequential_refit_keeps_ranks_and_lowers_every_layers_error(small_mlp_pt2: Path, tmp_path: Path,
                                                                      capsys) -> None:
-    common = ["build", str(small_mlp_pt2), "--policy", "uniform", "--rank", "8", "--quiet"]
-    code, _, err = run_cli(common + ["--sequential-refit", "--out", str(tmp_path / "no-calib")], capsys)
-    assert code == 2 and "--sequential-refit needs calibration data" in err and not (tmp_path / "no-calib").exists()
-    for name, extra in (("plain", []), ("refit", ["--sequential-refit", "--calib", "digits:train"])):
-        code, _, err = run_cli(common + extra + ["--out", str(tmp_path / name)], capsys)
-        assert code == 0, err
-    plain, refit = (json.loads((tmp_path / n / "build.json").read_text()) for n in ("plain", "refit"))
+    plain, refit = _plain_and_with_calib_flag(small_mlp_pt2, "--sequential-refit", tmp_path, capsys)
     assert refit["options"]["sequential_refit"] is True and "refit" not in plain
     assert [layer["rank"] for layer in refit["layers"]] == [layer["rank"] for layer in plain["layers"]]
     layers = refit["refit"]["layers"]
