@@ -5,7 +5,7 @@ dataset; labels are ignored) is split into training batches and a held-out split
 at most 256 samples) on which the best state is kept. Training is
 :func:`edgecompress.lowrank.distill.distill` on the build's ``--quality-output`` (through
 :class:`edgecompress.embed_io.NamedInputs`). Steps and wall time are capped; Ctrl-C stops the
-training, keeps the best held-out state and lets the build go on (a second Ctrl-C aborts it).
+training (distill keeps the best held-out state) and lets the build go on (a second Ctrl-C aborts it).
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from edgecompress.spec import ModelIO, as_inputs
 
 HELD_OUT_FRACTION = 0.1
 HELD_OUT_MAX = 256
-BEST_MARK = "*best*"  # distill()'s log marks each new best held-out state with it
 
 
 @dataclass(frozen=True)
@@ -101,38 +100,18 @@ def distill_step(student: nn.Module, teacher: nn.Module, data: Dataset, io: Mode
     settings = options.settings(seed, threads, io.mask_name)
     reference = embeddings(teacher, held.x, io)
     before = cosine_stats(embeddings(student, held.x, io), reference)
-    best: dict[str, Any] = {}
-
-    def on_line(line: str) -> None:
-        if BEST_MARK in line:  # the state just evaluated is the best so far: kept for Ctrl-C
-            best["state"] = {k: v.detach().clone() for k, v in adapter.state_dict().items()}
-        if log:
-            log(line)
-
-    started, interrupted, result = time.perf_counter(), False, None
-    try:
-        result = distill(adapter, teacher_adapter, train_batches, held_batches, settings, progress=progress,
-                         log=on_line)
-    except KeyboardInterrupt:
-        if "state" not in best:
-            raise
-        interrupted = True
-        adapter.load_state_dict(best["state"])
-        for parameter in adapter.parameters():
-            parameter.requires_grad_(True)
-        if log:
-            log("distillation interrupted (Ctrl-C): the best held-out state so far is kept")
+    started = time.perf_counter()
+    result = distill(adapter, teacher_adapter, train_batches, held_batches, settings, progress=progress, log=log)
     seconds = time.perf_counter() - started
     student.eval()
     after = cosine_stats(embeddings(student, held.x, io), reference)
     record = {"data": data.name, "output": io.quality_output, "train_samples": len(train),
               "held_out_samples": len(held), "batch": options.batch, "options": asdict(options),
-              "interrupted": interrupted, "steps": adapter.training_calls, "minutes": round(seconds / 60, 3),
+              "interrupted": result.interrupted, "steps": adapter.training_calls, "minutes": round(seconds / 60, 3),
               "held_out_cosine_before": _round(before[0]), "held_out_cosine_p5_before": _round(before[1]),
               "held_out_cosine_after": _round(after[0]), "held_out_cosine_p5_after": _round(after[1])}
-    if result is not None:
-        run = result.to_json()
-        record.update(best_step=result.best_step, settings=run["settings"], history=run["history"])
+    run = result.to_json()
+    record.update(best_step=result.best_step, settings=run["settings"], history=run["history"])
     return record
 
 

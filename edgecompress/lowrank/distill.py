@@ -71,6 +71,8 @@ class DistillResult:
     steps_done: int = 0
     seconds: float = 0.0  # wall time of the training loop (evaluations included)
     cpu_seconds: float = 0.0  # CPU time of this process meanwhile: ~ wall time on an idle machine
+    interrupted: bool = False  # Ctrl-C stopped the training (the best held-out state so far is loaded)
+    best_state: dict[str, torch.Tensor] | None = field(default=None, repr=False)  # copy of the best weights
 
     @property
     def best(self) -> dict[str, Any]:
@@ -195,51 +197,68 @@ def distill(student: nn.Module, teacher: nn.Module, train: Sequence[Batch], held
         optimizer = torch.optim.Adam(parameters, lr=settings.lr)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(step, settings))
         result = DistillResult(student, settings)
-        best_state = _evaluate(student, held_out, reference, result, 0, None, 0.0, settings, log)
-        started, cpu_started, order, losses = time.perf_counter(), time.process_time(), [], []
-        with _bar(progress, settings.steps) as bar:
-            for step in range(1, settings.steps + 1):
-                if not order:
-                    order = torch.randperm(len(train), generator=generator).tolist()
-                index = order.pop()
-                student.train(settings.dropout)
-                batch = train[index]
-                loss = distill_loss(_run(student, batch, settings.hidden_weight > 0), targets[index],
-                                    mask_of(batch, settings.mask_key), settings)
-                if not torch.isfinite(loss):
-                    raise TrainingError(f"distillation diverged at step {step} (loss {float(loss)}); lower the lr")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if settings.clip > 0:
-                    nn.utils.clip_grad_norm_(parameters, settings.clip)
-                optimizer.step()
-                scheduler.step()
-                losses.append(float(loss.detach()))
-                result.steps_done = step
-                elapsed = time.perf_counter() - started
-                out_of_time = settings.max_seconds is not None and elapsed >= settings.max_seconds
-                if step % settings.eval_every == 0 or step == settings.steps or out_of_time:
-                    mean_loss = sum(losses) / len(losses)
-                    losses = []
-                    best_state = _evaluate(student, held_out, reference, result, step, best_state, mean_loss,
-                                           settings, log, elapsed, time.process_time() - cpu_started) or best_state
-                bar(step, losses[-1] if losses else float(loss.detach()), result)
-                if out_of_time:
-                    break
+        _evaluate(student, held_out, reference, result, 0, 0.0, settings, log)
+        started, cpu_started = time.perf_counter(), time.process_time()
+        try:
+            _train(student, train, targets, held_out, reference, parameters, optimizer, scheduler, generator, result,
+                   settings, progress, log)
+        except KeyboardInterrupt:  # the step-0 evaluation above always left a best state
+            result.interrupted = True
+            if log:
+                log("distillation interrupted (Ctrl-C): the best held-out state so far is kept")
         result.seconds = time.perf_counter() - started
         result.cpu_seconds = time.process_time() - cpu_started
-        if best_state is not None:
-            student.load_state_dict(best_state)
+        if result.best_state is not None:
+            student.load_state_dict(result.best_state)
         for parameter in student.parameters():
             parameter.requires_grad_(True)
         student.eval()
         return result
 
 
+def _train(student: nn.Module, train: Sequence[Batch], targets: list[Any], held_out: Sequence[Batch],
+           reference: torch.Tensor, parameters: list[nn.Parameter], optimizer: torch.optim.Optimizer, scheduler: Any,
+           generator: torch.Generator, result: DistillResult, settings: DistillSettings, progress: bool,
+           log: Log | None) -> None:
+    """The training loop of :func:`distill` (each evaluation keeps the best state in ``result``)."""
+    started, cpu_started = time.perf_counter(), time.process_time()
+    order: list[int] = []
+    losses: list[float] = []
+    with _bar(progress, settings.steps) as bar:
+        for step in range(1, settings.steps + 1):
+            if not order:
+                order = torch.randperm(len(train), generator=generator).tolist()
+            index = order.pop()
+            student.train(settings.dropout)
+            batch = train[index]
+            loss = distill_loss(_run(student, batch, settings.hidden_weight > 0), targets[index],
+                                mask_of(batch, settings.mask_key), settings)
+            if not torch.isfinite(loss):
+                raise TrainingError(f"distillation diverged at step {step} (loss {float(loss)}); lower the lr")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if settings.clip > 0:
+                nn.utils.clip_grad_norm_(parameters, settings.clip)
+            optimizer.step()
+            scheduler.step()
+            losses.append(float(loss.detach()))
+            result.steps_done = step
+            elapsed = time.perf_counter() - started
+            out_of_time = settings.max_seconds is not None and elapsed >= settings.max_seconds
+            if step % settings.eval_every == 0 or step == settings.steps or out_of_time:
+                mean_loss = sum(losses) / len(losses)
+                losses = []
+                _evaluate(student, held_out, reference, result, step, mean_loss, settings, log, elapsed,
+                          time.process_time() - cpu_started)
+            bar(step, losses[-1] if losses else float(loss.detach()), result)
+            if out_of_time:
+                break
+
+
 def _evaluate(student: nn.Module, held_out: Sequence[Batch], reference: torch.Tensor, result: DistillResult,
-              step: int, best_state: dict[str, torch.Tensor] | None, loss: float, settings: DistillSettings,
-              log: Log | None, seconds: float = 0.0, cpu_seconds: float = 0.0) -> dict[str, torch.Tensor] | None:
-    """Measure the held-out cosine; return a copy of the state when it is the best so far (else None)."""
+              step: int, loss: float, settings: DistillSettings, log: Log | None, seconds: float = 0.0,
+              cpu_seconds: float = 0.0) -> None:
+    """Measure the held-out cosine; keep a copy of the state in ``result`` when it is the best so far."""
     student.eval()
     mean, p5 = cosine_stats(embed(student, list(held_out), mask_key=settings.mask_key), reference)
     row = {"step": step, "loss": round(loss, 6) if step else None, "held_out_cosine": round(mean, 6),
@@ -249,10 +268,9 @@ def _evaluate(student: nn.Module, held_out: Sequence[Batch], reference: torch.Te
     if log:
         log(f"distill step {step}/{settings.steps}: held-out cosine {mean:.4f} (p5 {p5:.4f})"
             + (f", loss {loss:.4f}" if step else "") + (" *best*" if best else ""))
-    if not best:
-        return None
-    result.best_step = step
-    return {k: v.detach().clone() for k, v in student.state_dict().items()}
+    if best:
+        result.best_step = step
+        result.best_state = {k: v.detach().clone() for k, v in student.state_dict().items()}
 
 
 class _bar:
