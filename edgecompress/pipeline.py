@@ -375,7 +375,7 @@ def _compress_stage(config: BuildConfig, model: nn.Module, io: ModelIO, calib: D
                             whiten=config.whiten)
     if config.sequential_refit:
         context.refit_data = calib.x
-        context.refit_metric = io.output_kinds.get(io.quality_output or next(iter(io.output_kinds), ""), "") == "embedding"
+        context.refit_metric = io.output_kinds.get(io.quality_output or "") == "embedding"  # label-free Fisher weights
     record: dict[str, Any] = {}
     budget = config.budget
     validation = _validation_split(config, io)
@@ -551,14 +551,13 @@ def _write_onnx(model: nn.Module, io: ModelIO, path: Path, config: BuildConfig,
                 derive_from: tuple[Any, nn.Module] | None) -> str:
     """Export ``model``, or derive it from the dense export when only factorized layers differ
     (export/derive.py: no second trace); says which."""
-    if derive_from is not None and derive_from[0] is None:
-        derive_from, reason = None, None  # the dense file was not kept (external data): export as usual
-    if derive_from is not None:
+    reason = None
+    if derive_from is not None and derive_from[0] is not None:  # None: the dense file was not kept (external data)
         reason = derive_compressed(derive_from[0], derive_from[1], model, path)
         if reason is None:
             return "derived from the dense export (factorized layers substituted)"
     onnx_export.export_onnx(model, io, path, opset=config.opset)
-    return "torch.onnx.export (dynamo)" + ("" if derive_from is None else f"; not derived: {reason}")
+    return "torch.onnx.export (dynamo)" + (f"; not derived: {reason}" if reason else "")
 
 
 def _int8_checks(checks: list[Check], calibration: Batch | None, config: BuildConfig, io: ModelIO,

@@ -1,4 +1,4 @@
-"""The sensitivity table stored across runs (lowrank.budget.stored_table): a second budget search on the same
+"""The sensitivity table stored across runs (lowrank.table_cache.stored_table): a second budget search on the same
 model, inputs and factors reuses it and finds the same plan without measuring; anything the table depends on
 changing measures anew; a damaged file is re-measured; the cache can be turned off."""
 
@@ -12,7 +12,8 @@ import torch
 from torch import nn
 
 from edgecompress.lowrank import budget as budget_module
-from edgecompress.lowrank.budget import Budget, budget_compress, table_cache_dir
+from edgecompress.lowrank.budget import Budget, budget_compress
+from edgecompress.lowrank.table_cache import table_cache_dir
 from edgecompress.lowrank.policies import PolicyContext, make_policy
 from edgecompress.lowrank.spectrum import model_spectra
 

@@ -2,7 +2,7 @@
 same state_dict, the head left dense (AIMET "head out"), validation accuracy as the evaluation; per target the CPU
 seconds of the compression call alone (SVDs, sensitivity table, candidate evaluations, the final model), split into
 phases from the progress messages. Each target starts from fresh spectra and a fresh context, as a second
-`edgecompress build` would: only the sensitivity table on disk (lowrank.budget.table_cache_dir, here a folder in
+`edgecompress build` would: only the sensitivity table on disk (lowrank.table_cache.table_cache_dir, here a folder in
 WORK that starts empty) carries over, as AIMET's saved_eval_scores_dict does. Runs in the project venv.
 Usage: python edgecompress_search.py WORK DROP[,DROP...] [CONFIDENCE]"""
 

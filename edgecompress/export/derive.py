@@ -47,9 +47,8 @@ def derive_compressed(dense_onnx: onnx.ModelProto, dense: nn.Module, compressed:
         reason = _substitute(graph.graph, init_name, name, pairs[name], dense.get_submodule(name).weight)
         if reason:
             return reason
-    used = {i for node in graph.graph.node for i in node.input}
-    kept = [init for init in graph.graph.initializer if init.name in used or init.name in
-            {i.name for i in graph.graph.input}]
+    used = {i for node in graph.graph.node for i in node.input} | {i.name for i in graph.graph.input}
+    kept = [init for init in graph.graph.initializer if init.name in used]
     del graph.graph.initializer[:]
     graph.graph.initializer.extend(kept)
     onnx.save(graph, str(path))

@@ -28,15 +28,11 @@ picks the one whose drop was luckiest, and loses more on new data.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-import os
 import statistics
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -54,7 +50,6 @@ Plan = dict[str, int | None]
 ALLOCATIONS = ("auto", "threshold", "sensitivity")
 MEASURED_RANKS = 24  # ranks per layer at which the output distortion is measured
 SENSITIVITY_SAMPLES = 2048  # inputs used to measure it
-TABLE_VERSION = 1  # bump when the measurement changes: stored tables (table_cache_dir) with another version are not reused
 
 
 @dataclass(frozen=True)
@@ -562,6 +557,8 @@ def _candidates(model: nn.Module, policy: RankPolicy, spectra: Mapping[str, Laye
         key = (measured_ranks, context.round_to, tuple(curves))
         cached = context.extras.get("sensitivity")
         if cached is None or cached[0] != key or any(a is not b for a, b in zip(cached[1], cache_key)):
+            from edgecompress.lowrank.table_cache import stored_table  # (it imports this module)
+
             table = stored_table(model, curves, measured_ranks, context, cache_key,
                                  lambda: measure_sensitivity(model, spectra, curves, factors, *sensitivity,
                                                              measured_ranks=measured_ranks, progress=context.on_progress))
@@ -574,77 +571,6 @@ def _candidates(model: nn.Module, policy: RankPolicy, spectra: Mapping[str, Laye
     return knob, curves, plans
 
 
-def table_cache_dir() -> Path | None:
-    """Where measured sensitivity tables are kept across runs: ``$EDGECOMPRESS_TABLE_CACHE``, else
-    ``$EDGECOMPRESS_CACHE/sensitivity`` (default ``~/.cache/edgecompress/sensitivity``); ``off`` disables it."""
-    chosen = os.environ.get("EDGECOMPRESS_TABLE_CACHE")
-    if chosen is not None:
-        return None if chosen.strip().lower() in ("", "0", "off", "no", "false") else Path(chosen)
-    return Path(os.environ.get("EDGECOMPRESS_CACHE", Path.home() / ".cache" / "edgecompress")) / "sensitivity"
-
-
-def table_key(model: nn.Module, curves: Mapping[str, LayerCurve], measured_ranks: int, round_to: int,
-              inputs: Any, cosine: bool) -> str:
-    """sha256 of everything the sensitivity table depends on: the model (its graph code when it has one,
-    every parameter and buffer), the measurement inputs (what :func:`sample_outputs` feeds), the distortion
-    kind, the factor source (each layer's rank grid and policy error curve, which differ for whitened or
-    data-aware factors), the measured-rank count and the rounding, and :data:`TABLE_VERSION`."""
-    digest = hashlib.sha256(f"v{TABLE_VERSION} {measured_ranks} {round_to} {cosine} {SENSITIVITY_SAMPLES}".encode())
-    digest.update(str(getattr(model, "code", type(model).__name__)).encode())
-    for name, tensor in (*model.state_dict().items(), *({} if inputs is None else _named_arrays(inputs)).items()):
-        array = np.ascontiguousarray(tensor.detach().cpu().numpy() if isinstance(tensor, torch.Tensor) else tensor)
-        digest.update(f"{name} {array.dtype} {array.shape}".encode())
-        digest.update(array.tobytes())
-    digest.update(json.dumps([[n, c.ranks, c.params, [float(e).hex() for e in c.error]] for n, c in curves.items()]).encode())
-    return digest.hexdigest()
-
-
-def _named_arrays(inputs: Any) -> dict[str, Any]:
-    """The sensitivity inputs as named arrays: an array's first :data:`SENSITIVITY_SAMPLES` rows, or a batch."""
-    if isinstance(inputs, Mapping):
-        return {f"input:{k}": v for k, v in inputs.items()}
-    return {"input": np.asarray(inputs[:SENSITIVITY_SAMPLES], dtype=np.float32)}
-
-
-def stored_table(model: nn.Module, curves: Mapping[str, LayerCurve], measured_ranks: int, context: PolicyContext,
-                 cache_key: tuple[Any, ...], measure: Callable[[], dict[str, LayerCurve]]) -> dict[str, LayerCurve]:
-    """The sensitivity table from :func:`table_cache_dir` when an identical measurement was stored (AIMET
-    keeps its per-layer evaluation table for the next target the same way), else ``measure()``, stored.
-    ``context.extras["table_cache"]`` records which ("hit"/"stored" and the key)."""
-    folder = table_cache_dir()
-    if folder is None or not cache_key:
-        return measure()
-    _, inputs, sample, cosine = cache_key
-    key = table_key(model, curves, measured_ranks, context.round_to, inputs if sample is None else sample, cosine)
-    path = folder / f"{key}.json"
-    table = _read_table(path, curves)
-    if table is not None:
-        context.extras["table_cache"] = {"status": "hit", "key": key}
-        if context.on_progress:
-            context.on_progress("sensitivity: table reused from the cache")
-        return table
-    table = measure()
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({name: {"distortion": curve.distortion, "measured": list(curve.measured.items())}
-                                   for name, curve in table.items()}))
-        tmp.replace(path)
-        context.extras["table_cache"] = {"status": "stored", "key": key}
-    except OSError:  # a read-only or full cache folder only costs the reuse
-        context.extras["table_cache"] = {"status": "not stored", "key": key}
-    return table
-
-
-def _read_table(path: Path, curves: Mapping[str, LayerCurve]) -> dict[str, LayerCurve] | None:
-    """A stored table joined with this run's curves, or None when absent or unreadable."""
-    try:
-        stored = json.loads(path.read_text())
-        return {name: LayerCurve(name, curve.ranks, curve.params, curve.error, tuple(stored[name]["distortion"]),
-                                 {int(r): float(d) for r, d in stored[name]["measured"]})
-                for name, curve in curves.items()}
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
 
 
 def _power_of_two(n: int) -> bool:
