@@ -135,7 +135,11 @@ def _auto_class(transformers: Any, config: Any) -> Any:
 def tokenize_text(text_file: Path, folder: Path, max_length: int) -> dict[str, np.ndarray]:
     """One sentence per line -> input_ids / attention_mask (int64), padded to the longest line (<= max_length)."""
     transformers = _transformers()
-    lines = [line.strip() for line in text_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    try:
+        text = text_file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{text_file} is not UTF-8 text (byte {exc.start}): text data is one sentence per line") from exc
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
     if not lines:
         raise InputError(f"{text_file} has no non-empty lines (one sentence per line)")
     try:

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from edgecompress.errors import InputError
 from edgecompress.lowrank.policies import EnergyPolicy, UniformPolicy
 from edgecompress.pipeline import BuildConfig, build
 
@@ -87,6 +88,10 @@ def test_hf_folder_text_data_is_tokenized(tmp_path: Path) -> None:
     data = calibration_data(str(text), 100, io, folder)
     assert len(data) == 2 and data.x["input_ids"].dtype == np.int64
     assert data.x["attention_mask"].sum(1).tolist()[0] < data.x["attention_mask"].sum(1).tolist()[1]
+    binary = tmp_path / "b.txt"
+    binary.write_bytes(b"\x00\xff\xfe not text")
+    with pytest.raises(InputError, match="is not UTF-8 text"):
+        calibration_data(str(binary), 100, io, folder)
 
 
 def _minilm() -> Path | None:
