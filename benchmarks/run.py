@@ -145,6 +145,10 @@ def notes(record: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
         "sizes exactly.",
         "Claims: differences are test-accuracy points, method minus baseline, with a 95% interval from the paired "
         "(McNemar) variance; \"holds\" needs more significant wins than losses and a positive mean.",
+        "ARSVD rows compress every Linear, the 10-class head too (the papers' setting; `compress_head = true`): "
+        "energy τ < 0.95 cuts the head below 10 ranks, which is where its losses against uniform come from; with "
+        "the head kept dense (the build's default) energy τ and entropy tie the matched uniform rank "
+        "(benchmarks/results/arsvd-head_mlp_cpu-2core.md).",
     ]
     found += [f"FAILED entry **{e['entry']}** — {e.get('error')} (its rows are missing)."
               for e in record["sweep"]["failed"]]
