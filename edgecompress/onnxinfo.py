@@ -30,6 +30,8 @@ class TensorSpec:
     dtype: str
     role: str = "data"  # "ids" / "mask" for token inputs (from the file's edgecompress.inputs metadata)
     high: int | None = None  # integer values lie in [0, high) (token ids: the vocabulary size)
+    kind: str | None = None  # outputs: logits / embedding / values (from the file's edgecompress.outputs metadata)
+    quality: bool = False  # outputs: the one quality is judged on (edgecompress.outputs metadata)
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
@@ -143,22 +145,38 @@ def input_specs(model: "onnx.ModelProto") -> list[TensorSpec]:
 INPUTS_METADATA = "edgecompress.inputs"  # JSON [{name, role, high}] written by edgecompress build's export
 
 
-def input_ranges(model: "onnx.ModelProto") -> dict[str, dict[str, Any]]:
-    """Input name -> {"role", "high"} from the file's metadata (token ids and masks), when present."""
+def _metadata(model: "onnx.ModelProto", key: str, read: Any) -> dict[str, dict[str, Any]]:
+    """Name -> ``read(entry)`` for the JSON list of entries under metadata ``key``; {} when absent,
+    foreign or damaged (the tensors then stay plain)."""
     import json
 
-    text = next((p.value for p in model.metadata_props if p.key == INPUTS_METADATA), None)
+    text = next((p.value for p in model.metadata_props if p.key == key), None)
     try:
-        entries = json.loads(text) if text else []
-        return {e["name"]: {"role": str(e.get("role") or "data"),
-                            "high": None if e.get("high") is None else int(e["high"])} for e in entries}
-    except (ValueError, TypeError, KeyError):
-        return {}  # foreign or damaged metadata: inputs stay plain
+        return {e["name"]: read(e) for e in (json.loads(text) if text else [])}
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return {}
+
+
+def input_ranges(model: "onnx.ModelProto") -> dict[str, dict[str, Any]]:
+    """Input name -> {"role", "high"} from the file's metadata (token ids and masks), when present."""
+    return _metadata(model, INPUTS_METADATA, lambda e: {"role": str(e.get("role") or "data"),
+                                                        "high": None if e.get("high") is None else int(e["high"])})
+
+
+OUTPUTS_METADATA = "edgecompress.outputs"  # JSON [{name, kind, quality}] written by edgecompress build's export
+
+
+def output_kinds(model: "onnx.ModelProto") -> dict[str, dict[str, Any]]:
+    """Output name -> {"kind", "quality"} from the file's metadata, when present (else bench guesses
+    the kind from the output's name and shape)."""
+    return _metadata(model, OUTPUTS_METADATA, lambda e: {"kind": None if e.get("kind") is None else str(e["kind"]),
+                                                         "quality": bool(e.get("quality"))})
 
 
 def output_specs(model: "onnx.ModelProto") -> list[TensorSpec]:
-    """Graph outputs, in order."""
-    return [_spec(v) for v in model.graph.output]
+    """Graph outputs, in order (with their kind and quality mark from the metadata, when present)."""
+    kinds = output_kinds(model)
+    return [replace(_spec(v), **kinds.get(v.name, {})) for v in model.graph.output]
 
 
 def external_data_files(model: "onnx.ModelProto", path: str | Path) -> list[Path]:

@@ -22,6 +22,14 @@ def output_kind(name: str, array: np.ndarray) -> str:
     return "values"
 
 
+def default_quality_output(outputs: tuple[str, ...]) -> str | None:
+    """An output named like an embedding when there is one, else the first."""
+    for name in outputs:
+        if "embedding" in name:
+            return name
+    return outputs[0] if outputs else None
+
+
 def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Cosine similarity of matching rows (trailing dimension = the vector)."""
     a = np.asarray(a, np.float64).reshape(-1, a.shape[-1])

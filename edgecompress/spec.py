@@ -17,6 +17,7 @@ from torch import nn
 
 from edgecompress.data import Batch, Inputs, num_samples, slice_inputs  # noqa: F401 (re-exported)
 from edgecompress.errors import InputError
+from edgecompress.quality import default_quality_output
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "output"
@@ -133,14 +134,6 @@ class ModelIO:
     def to_json(self) -> dict[str, Any]:
         return {"inputs": [s.to_json() for s in self.inputs], "outputs": list(self.outputs),
                 "output_kinds": dict(self.output_kinds), "quality_output": self.quality_output}
-
-
-def default_quality_output(outputs: tuple[str, ...]) -> str | None:
-    """An embedding output when there is one, else the first output."""
-    for name in outputs:
-        if "embedding" in name:
-            return name
-    return outputs[0] if outputs else None
 
 
 # -- batches of inputs ------------------------------------------------------------------------------

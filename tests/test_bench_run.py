@@ -69,7 +69,8 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 RESULT_KEYS = {"model", "batch", "runs", "latency_ms", "throughput_per_s", "init_ms", "first_inference_ms",
                "peak_rss_mib", "rss_increment_mib", "baseline_rss_mib", "bytes", "params", "accuracy", "macro_f1",
-               "top1_agreement", "max_abs_diff", "eval_samples", "ratios"}
+               "quality_measure", "top1_agreement", "cosine_mean", "cosine_p5", "relative_error", "max_abs_diff",
+               "eval_samples", "ratios"}
 
 
 def test_bench_json_structure_and_figures(files: dict[str, Path]) -> None:
@@ -104,6 +105,9 @@ def test_bench_json_structure_and_figures(files: dict[str, Path]) -> None:
     assert small["ratios"]["params"] == pytest.approx(small_params / dense_params, abs=1e-4)
     assert small["ratios"]["p50"] == pytest.approx(small["latency_ms"]["p50"] / ref["latency_ms"]["p50"], rel=1e-2)
     assert 0 <= small["top1_agreement"] <= 1 and small["max_abs_diff"] > 0
+    # class logits are judged by top-1 agreement (the build's measure); the other measures do not apply
+    assert result["config"]["quality_output"]["kind"] == "logits" and small["quality_measure"] == "top1_agreement"
+    assert small["cosine_mean"] is None and small["relative_error"] is None
     assert 0 <= small["macro_f1"] <= 1
 
 

@@ -69,6 +69,9 @@ def test_hf_folder_sentence_embedding_builds_with_dynamic_batch_and_seq(tmp_path
     from edgecompress.bench.inputs import plan_inputs, random_inputs
     from edgecompress.bench.backends import backend_for
     infos = [backend_for(tmp_path / "out" / name).inspect() for name in ("bert.dense.onnx", "bert.onnx")]
+    # ... and which output quality is judged on, as what kind (bench scores it by cosine, like build)
+    assert all((i.outputs[0].name, i.outputs[0].kind, i.outputs[0].quality) == ("sentence_embedding", "embedding", True)
+               for i in infos)
     feeds = random_inputs(plan_inputs(infos, overrides={"input_ids": ("N", 12), "attention_mask": ("N", 12)}), 64, 0)
     assert feeds["input_ids"].max() >= 30 and feeds["input_ids"].max() < 60
     masks = feeds["attention_mask"]

@@ -23,17 +23,20 @@ from typing import Any
 
 import numpy as np
 
+from edgecompress import quality
 from edgecompress.bench import metrics
 from edgecompress.bench.backends import BACKENDS, Backend, ModelInfo, OnnxBackend, backend_for
 from edgecompress.bench.inputs import (BATCH, RANDOM_SAMPLES, InputPlan, check_batches, fit_data,
                                        merged_inputs, parse_input_shape, plan_inputs, random_inputs, take_batch, with_seq)
 from edgecompress.bench.runner import Timing, interleave, probe, time_ms
 from edgecompress.errors import InputError
+from edgecompress.quality import default_quality_output
 
 SCHEMA = "edgecompress.bench/1"
 DEFAULT_RUNS = 100
 DEFAULT_WARMUP = 10
 EVAL_BATCH = 256
+QUALITY_KEYS = ("top1_agreement", "cosine_mean", "cosine_p5", "relative_error")  # vs the reference, by output kind
 RATIO_KEYS = ("p50", "p90", "p99", "min", "mean", "throughput_per_s", "init_ms", "first_inference_ms",
               "peak_rss_mib", "rss_increment_mib", "bytes", "params", "accuracy", "macro_f1")
 
@@ -99,20 +102,20 @@ def run_benchmark(paths: Sequence[str | os.PathLike[str]], *, data: Any = None, 
         init_ms = [backend.timed_load() for backend in backends]
         first_ms = {(b, i): time_ms(lambda be=be, f=take_batch(eval_inputs, b): be.run(f))
                     for b in batches for i, be in enumerate(backends)}
-        quality = _evaluate(backends, names, eval_inputs, labels, plans, bar)
+        scores, judged = _evaluate(backends, names, infos, eval_inputs, labels, plans, bar)
         probes = _probe_all(infos, batches, eval_inputs, threads, bar) if memory else {}
         timings = {b: _time_batch(backends, take_batch(eval_inputs, b), b, runs, seconds, warmup, bar)
                    for b in batches}
 
     results = [_result_row(names[i], infos[i], b, timings[b], i, init_ms[i], first_ms[(b, i)],
-                           probes.get((b, i)), quality[i], n_eval)
+                           probes.get((b, i)), scores[i], n_eval)
                for b in batches for i in range(len(backends))]
     _add_ratios(results, names[0])
     config = {
         "batches": list(batches), "threads": threads, "inter_op_threads": 1, "execution_mode": "sequential",
         "runs": runs, "seconds": seconds, "warmup": warmup, "seed": seed,
         "data": _data_label(data, dataset), "labels": labels is not None,
-        "eval_samples": n_eval, "limit": limit,
+        "eval_samples": n_eval, "limit": limit, "quality_output": judged,
         "inputs": [{"name": p.name, "shape": [BATCH, *p.sample_shape], "dtype": p.dtype} for p in plans],
         "memory": memory, "cold_start": "subprocess" if memory else "in-process",
         "interleaved": True, "percentiles": "linear",
@@ -238,9 +241,24 @@ def _warm_runtime(info: ModelInfo, threads: int, feeds: Mapping[str, np.ndarray]
 # --- accuracy and agreement -------------------------------------------------------------------
 
 
+def quality_output(infos: Sequence[ModelInfo]) -> tuple[list[int], str, str | None]:
+    """Which output quality is judged on: per model its index, the reference's output name and declared
+    kind. The one the file's edgecompress.outputs metadata marks (build's --quality-output), else an
+    output named like an embedding, else the first; other models' output of the same name (else the
+    same position: a .tflite renames its outputs)."""
+    ref = infos[0].outputs
+    names = tuple(s.name for s in ref)
+    marked = [s.name for s in ref if s.quality]
+    name = marked[0] if marked else default_quality_output(names) or ""
+    position = names.index(name) if name in names else 0
+    indices = [next((i for i, s in enumerate(info.outputs) if s.name == name), position) for info in infos]
+    kind = ref[position].kind if ref else None
+    return indices, name, kind
+
+
 def _outputs(backend: Backend, name: str, inputs: Mapping[str, np.ndarray], chunk: int, fixed: bool,
-             advance: Any) -> np.ndarray:
-    """First output over all samples, ``chunk`` at a time (last chunk padded for a fixed batch)."""
+             advance: Any, index: int = 0) -> np.ndarray:
+    """Output ``index`` over all samples, ``chunk`` at a time (last chunk padded for a fixed batch)."""
     n = len(next(iter(inputs.values())))
     parts = []
     for start in range(0, n, chunk):
@@ -248,46 +266,53 @@ def _outputs(backend: Backend, name: str, inputs: Mapping[str, np.ndarray], chun
         feeds = {k: v[start:start + size] for k, v in inputs.items()}
         if fixed and size < chunk:
             feeds = take_batch(feeds, chunk)
-        out = np.asarray(backend.run(feeds)[0])
+        out = np.asarray(backend.run(feeds)[index])
         if out.ndim == 0 or out.shape[0] != (chunk if fixed else size):
-            raise InputError(f"the first output of {name} has shape {out.shape}, no batch dimension; "
+            raise InputError(f"the compared output of {name} has shape {out.shape}, no batch dimension; "
                              "bench compares outputs sample by sample")
         parts.append(out[:size])
         advance()
     return np.concatenate(parts, axis=0)
 
 
-def _evaluate(backends: Sequence[Backend], names: Sequence[str], inputs: Mapping[str, np.ndarray],
-              labels: np.ndarray | None, plans: Sequence[InputPlan], bar: "_Progress") -> list[dict[str, Any]]:
+def _evaluate(backends: Sequence[Backend], names: Sequence[str], infos: Sequence[ModelInfo],
+              inputs: Mapping[str, np.ndarray], labels: np.ndarray | None, plans: Sequence[InputPlan],
+              bar: "_Progress") -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Per model its quality vs the reference on the quality output; and which output and kind that was."""
     fixed = plans[0].fixed_batch
     chunk = fixed or EVAL_BATCH
     n = len(next(iter(inputs.values())))
+    indices, output, declared = quality_output(infos)
     task = bar.add("accuracy" if labels is not None else "agreement", len(backends) * math.ceil(n / chunk))
     ref: np.ndarray | None = None
-    quality = []
-    for backend, name in zip(backends, names):
-        out = _outputs(backend, name, inputs, chunk, fixed is not None, lambda: bar.advance(task))
+    kind = declared
+    found = []
+    for backend, name, index in zip(backends, names, indices):
+        out = _outputs(backend, name, inputs, chunk, fixed is not None, lambda: bar.advance(task), index)
         if ref is None:
             ref = out
+            kind = declared if declared in quality.KINDS else quality.output_kind(output, ref)
         elif out.shape != ref.shape:
             raise InputError(f"outputs differ: {name} gives shape {out.shape[1:]} per sample but the reference "
                              f"{names[0]} gives {ref.shape[1:]}; bench models that compute the same thing")
-        quality.append(_quality(out, ref, labels, name))
-    return quality
+        found.append(_quality(out, ref, labels, name, kind))
+    measure = found[0]["quality_measure"] if found else None
+    return found, {"output": output or None, "kind": kind, "measure": measure}
 
 
-def _quality(out: np.ndarray, ref: np.ndarray, labels: np.ndarray | None, name: str) -> dict[str, Any]:
-    classifier = metrics.is_classifier_output(out)
+def _quality(out: np.ndarray, ref: np.ndarray, labels: np.ndarray | None, name: str, kind: str) -> dict[str, Any]:
+    """Accuracy with labels (class logits), and the build's compressed-vs-dense measure of ``kind``
+    (edgecompress.quality: top-1 agreement, cosine mean / 5th percentile, or relative error)."""
     acc = f1 = None
-    if labels is not None and classifier:
+    if labels is not None and kind == "logits" and metrics.is_classifier_output(out):
         if labels.size and labels.max() >= out.shape[1]:
             raise InputError(f"labels go up to {int(labels.max())} but {name} has only {out.shape[1]} outputs; "
                              "are these the right data?")
         pred = metrics.top1(out)
         acc, f1 = metrics.accuracy(labels, pred), metrics.macro_f1(labels, pred)
-    return {"accuracy": acc, "macro_f1": f1,
-            "top1_agreement": metrics.top1_agreement(out, ref) if classifier else None,
-            "max_abs_diff": metrics.max_abs_diff(out, ref)}
+    measured = quality.agreement(ref, out, kind)
+    return {"accuracy": acc, "macro_f1": f1, "quality_measure": measured.pop("measure"),
+            **{key: measured.get(key) for key in QUALITY_KEYS}, "max_abs_diff": metrics.max_abs_diff(out, ref)}
 
 
 # --- memory and timing ------------------------------------------------------------------------
@@ -335,7 +360,7 @@ def _model_entry(name: str, info: ModelInfo, given: Any) -> dict[str, Any]:
 
 
 def _result_row(name: str, info: ModelInfo, batch: int, timing: Timing, index: int, init_ms: float,
-                first_ms: float, probed: Any, quality: dict[str, Any], eval_samples: int) -> dict[str, Any]:
+                first_ms: float, probed: Any, scores: dict[str, Any], eval_samples: int) -> dict[str, Any]:
     samples = timing.samples_ms[index]
     stats = metrics.latency_stats(samples)
     latency = {k: _round(float(stats[k]), 4) for k in ("p50", "p90", "p99", "min", "mean", "max", "std")}
@@ -351,9 +376,10 @@ def _result_row(name: str, info: ModelInfo, batch: int, timing: Timing, index: i
         "rss_increment_mib": _round(probed.rss_increment_mib, 2) if probed else None,
         "baseline_rss_mib": _round(probed.baseline_rss_mib, 2) if probed else None,
         "bytes": info.bytes, "params": info.params,
-        "accuracy": _round(quality["accuracy"], 6), "macro_f1": _round(quality["macro_f1"], 6),
-        "top1_agreement": _round(quality["top1_agreement"], 6),
-        "max_abs_diff": _round(quality["max_abs_diff"], 9),
+        "accuracy": _round(scores["accuracy"], 6), "macro_f1": _round(scores["macro_f1"], 6),
+        "quality_measure": scores["quality_measure"],
+        **{key: _round(scores[key], 6) for key in QUALITY_KEYS},
+        "max_abs_diff": _round(scores["max_abs_diff"], 9),
         "eval_samples": eval_samples,
         "ratios": {},
     }

@@ -94,6 +94,10 @@ def export_onnx(model: nn.Module, io: ModelIO | tuple[int, ...], path: Path, *,
             tokens = [{"name": s.name, "role": s.role, "high": s.high} for s in io.inputs if s.role != "data"]
             if tokens:  # lets bench draw ids below the vocabulary and prefix masks without torch
                 program.model.metadata_props[onnxinfo.INPUTS_METADATA] = json.dumps(tokens)
+            if io.outputs:  # lets bench judge the quality output by its kind (cosine for embeddings)
+                program.model.metadata_props[onnxinfo.OUTPUTS_METADATA] = json.dumps(
+                    [{"name": name, "kind": io.output_kinds.get(name), "quality": name == io.quality_output}
+                     for name in io.outputs])
             program.save(str(path), external_data=external)
     except Exception as exc:  # the exporter raises a zoo of types; all mean "cannot export this model"
         raise ExportError(f"ONNX export failed: {_export_reason(exc)}") from exc

@@ -12,6 +12,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from edgecompress.quality import describe
+
 NA = "n/a"
 
 
@@ -172,11 +174,21 @@ def model_table(bench: Mapping[str, Any]) -> Table:
             ratio_cell(fmt_int(m.get("params")), ratios.get("params"), is_ref),
             delta_cell(m.get("accuracy"), ref.get("accuracy"), is_ref),
             delta_cell(m.get("macro_f1"), ref.get("macro_f1"), is_ref),
-            Cell(fmt_pct(m.get("top1_agreement"))),
+            Cell(agreement_text(m)),
             Cell(fmt_sci(m.get("max_abs_diff"))),
         ))
-    headers = ("Model", "Format", "Size", "Params", "Accuracy", "Macro-F1", "Top-1 agreement", "Max abs diff")
+    headers = ("Model", "Format", "Size", "Params", "Accuracy", "Macro-F1", "Agreement", "Max abs diff")
     return Table("Size and accuracy", headers, ("l", "l") + ("r",) * 6, tuple(rows))
+
+
+def agreement_text(row: Mapping[str, Any]) -> str:
+    """The row's agreement with the reference in its measure's words ("cosine mean 0.9812 (p5 0.9620)");
+    a bench.json written before the measure was recorded shows its top-1 agreement."""
+    measure = row.get("quality_measure") or ("top1_agreement" if row.get("top1_agreement") is not None else None)
+    values = {"top1_agreement": "top1_agreement", "cosine": "cosine_mean", "relative_error": "relative_error"}
+    if measure not in values or row.get(values[measure]) is None:
+        return f"{NA} agreement"
+    return describe({**row, "measure": measure})
 
 
 def verdicts(bench: Mapping[str, Any]) -> list[str]:
@@ -196,7 +208,7 @@ def verdicts(bench: Mapping[str, Any]) -> list[str]:
         if m.get("accuracy") is not None and ref.get("accuracy") is not None:
             parts.append(f"{fmt_delta_pt((m['accuracy'] - ref['accuracy']) * 100)} accuracy")
         else:
-            parts.append(f"{fmt_pct(m.get('top1_agreement'))} top-1 agreement")
+            parts.append(agreement_text(m))
         lines.append(f"{m.get('name')}: " + ", ".join(parts) + f" vs {ref_name}")
     return lines
 
@@ -249,7 +261,8 @@ def settings(bench: Mapping[str, Any]) -> list[tuple[str, str]]:
 
 NOTES = ("Ratios are figure ÷ reference at the same batch size: below 1 is better for latency, start-up, "
          "memory, size and parameters; above 1 is better for samples/s. Accuracy and macro-F1 show the change "
-         "in percentage points. Top-1 agreement and max abs diff compare each model's first output with the "
+         "in percentage points. Agreement (top-1 for class logits, cosine mean and 5th percentile for embeddings, "
+         "relative error otherwise) and max abs diff compare each model's quality output with the "
          "reference's on the same inputs. n/a: not measured or not applicable (e.g. no labels).")
 
 

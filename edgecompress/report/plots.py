@@ -109,6 +109,8 @@ def size_accuracy_plot(bench: Mapping[str, Any]) -> Plot | None:
     key, label = "accuracy", "accuracy (%)"
     if not any(m.get("accuracy") is not None for m in models):
         key, label = "top1_agreement", "top-1 agreement with the reference (%)"
+        if any(m.get("cosine_mean") is not None for m in models):
+            key, label = "cosine_mean", "mean cosine similarity to the reference (×100)"
     if not any(m.get(key) is not None for m in models):
         return None
     big = max(m["bytes"] for m in models) >= 2**20
