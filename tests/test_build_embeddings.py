@@ -19,7 +19,7 @@ from edgecompress.lowrank.policies import UniformPolicy
 from edgecompress.pipeline import BuildConfig, build
 
 sys.path.insert(0, str(Path(__file__).parent))
-from zoo_models import sentences, tiny_bert  # noqa: E402
+from zoo_models import bert_with_text, sentences  # noqa: E402
 
 pytest.importorskip("transformers")
 
@@ -27,11 +27,8 @@ pytest.importorskip("transformers")
 @pytest.fixture(scope="module")
 def bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny sentence-embedding BERT folder with a tokenizer, plus calibration / validation / test text."""
-    root = tmp_path_factory.mktemp("bert")
-    folder = tiny_bert(root / "bert", pooling=True, tokenizer=True)
-    for name, count, seed in (("calib", 96, 1), ("dev", 48, 2), ("test", 48, 3), ("distill", 160, 4)):
-        (root / f"{name}.txt").write_text("\n".join(sentences(count, seed)) + "\n")
-    return folder
+    return bert_with_text(tmp_path_factory.mktemp("bert"),
+                          {"calib": (96, 1), "dev": (48, 2), "test": (48, 3), "distill": (160, 4)})
 
 
 def _cli(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str]:

@@ -235,3 +235,32 @@ def test_github_actions_files_are_valid_yaml() -> None:
     assert "edgecompress build" in runs and "edgecompress check" in runs and "gh run download" in runs
     uses = [s.get("uses", "") for s in job["steps"]]
     assert sum(u.startswith("actions/upload-artifact@") for u in uses) == 2  # report + baseline
+
+
+def test_min_cosine_reads_build_agreement_and_fails_with_one_line(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An embedding build: the compressed artifact's cosine is build.json's compressed-vs-dense agreement
+    (the eval inputs when present); the dense reference is skipped; below the limit: exit 1, one line."""
+    path = write_build(project / "emb")
+    data = json.loads(path.read_text())
+    data["agreement"] = [{"inputs": "random", "samples": 64, "output": "e", "kind": "embedding", "measure": "cosine",
+                          "cosine_mean": 0.99, "cosine_p5": 0.98},
+                         {"inputs": "eval", "samples": 500, "output": "e", "kind": "embedding", "measure": "cosine",
+                          "cosine_mean": 0.9512, "cosine_p5": 0.9123}]
+    path.write_text(json.dumps(data))
+    (project / "cos.toml").write_text('[budgets."emb/*.onnx"]\nmin_cosine = 0.95\nmin_cosine_p5 = 0.9\n')
+    code, out, err = run(["check", "emb/build.json", "--config", "cos.toml", "--json", "cos.json"], capsys)
+    assert code == 0, err
+    rows = {(f["artifact"], f["budget"]): f for f in json.loads((project / "cos.json").read_text())["findings"]}
+    assert rows[("emb/m.onnx", "min_cosine")]["value"] == 0.9512 and rows[("emb/m.onnx", "min_cosine")]["status"] == "pass"
+    assert "500 eval inputs" in rows[("emb/m.onnx", "min_cosine")]["note"]
+    assert rows[("emb/m.dense.onnx", "min_cosine_p5")]["status"] == "skip"
+    (project / "cos.toml").write_text('[budgets."emb/m.onnx"]\nmin_cosine = 0.97\n')
+    code, out, err = run(["check", "emb/build.json", "--config", "cos.toml"], capsys)
+    assert code == 1 and err == "error: 1 budget check failed: emb/m.onnx mean cosine 0.9512 (limit ≥ 0.9700)\n"
+    # a build without an embedding output has no cosine to check: fails, saying what to pass
+    (project / "cos.toml").write_text('[budgets."build/m.onnx"]\nmin_cosine = 0.97\n')
+    code, out, err = run(["check", "build/build.json", "--config", "cos.toml"], capsys)
+    assert code == 1 and "cosine unknown" in out
+    (project / "cos.toml").write_text('[budgets."emb/m.onnx"]\nmin_cosine = 97\n')
+    code, out, err = run(["check", "emb/build.json", "--config", "cos.toml"], capsys)
+    assert code == 2 and "cos.toml:2" in err and "from -1 to 1" in err

@@ -246,6 +246,15 @@ def tiny_bert(folder: Path, pooling: bool, tokenizer: bool = False) -> Path:
     return folder
 
 
+def bert_with_text(root: Path, texts: dict[str, tuple[int, int]]) -> Path:
+    """:func:`tiny_bert` (pooling, tokenizer) in ``root/bert``, plus ``root/NAME.txt`` of ``count``
+    sentences (seed) per ``texts`` entry NAME: (count, seed)."""
+    folder = tiny_bert(root / "bert", pooling=True, tokenizer=True)
+    for name, (count, seed) in texts.items():
+        (root / f"{name}.txt").write_text("\n".join(sentences(count, seed)) + "\n")
+    return folder
+
+
 def sentences(count: int, seed: int = 0) -> list[str]:
     """``count`` seeded random sentences of 2 to 12 words from :data:`WORDS`."""
     import random

@@ -33,6 +33,9 @@ BUDGET_KEYS: dict[str, str] = {
     "params_noise_floor": "parameter changes smaller than this pass max_params_growth (default 0)",
     "min_accuracy": 'lowest accuracy, a fraction (0.97) or "97%"',
     "max_accuracy_drop": "largest accuracy drop in points vs the baseline (else the dense reference)",
+    "min_cosine": "lowest mean cosine similarity of an embedding output to the dense reference's, e.g. 0.97 "
+                  "(bench.json, else build.json's compressed-vs-dense agreement)",
+    "min_cosine_p5": "lowest 5th-percentile cosine similarity to the dense reference, e.g. 0.9",
     "max_ops": "most nodes of an op type, e.g. { MatMul = 6 }",
     **{f"max_latency_{s}_ms": f"largest {s} latency in ms (warns unless fail_on_latency)" for s in LATENCY_STATS},
     "max_latency_growth": 'largest p50 latency growth vs the baseline, "10%" (warns unless fail_on_latency)',
@@ -70,6 +73,8 @@ class Budget:
     params_noise_floor: int = 0
     min_accuracy: float | None = None
     max_accuracy_drop: float | None = None
+    min_cosine: float | None = None
+    min_cosine_p5: float | None = None
     max_ops: tuple[tuple[str, int], ...] = ()
     max_latency_ms: tuple[tuple[str, float], ...] = ()
     max_latency_growth: float | None = None
@@ -372,6 +377,8 @@ def _parse_budget(pattern: str, table: Any, src: _Source, base_dir: Path) -> Bud
         kwargs[key] = get(key, lambda v, k=key: parse_fraction(v, what=k))
     kwargs["min_accuracy"] = get("min_accuracy", _accuracy)
     kwargs["max_accuracy_drop"] = get("max_accuracy_drop", _points)
+    for key in ("min_cosine", "min_cosine_p5"):
+        kwargs[key] = get(key, lambda v, k=key: _cosine(v, k))
     kwargs["batch"] = get("batch", _batch)
     kwargs["fail_on_latency"] = get("fail_on_latency", _bool)
     kwargs["exclude"] = tuple(_string_list(table["exclude"], src, where + ("exclude",))) if "exclude" in table else ()
@@ -425,6 +432,12 @@ def _accuracy(value: Any) -> float:
     if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 1:
         raise ConfigError(f"min_accuracy {value!r} is a fraction of 1: write {value / 100:g} or \"{value:g}%\"")
     return parse_fraction(value, what="min_accuracy", max_fraction=1.0)
+
+
+def _cosine(value: Any, key: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not -1 <= value <= 1:
+        raise ConfigError(f"{key} is a cosine similarity, a number from -1 to 1 (e.g. 0.97), got {value!r}")
+    return float(value)
 
 
 def _points(value: Any) -> float:

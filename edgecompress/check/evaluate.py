@@ -177,6 +177,10 @@ class _BudgetRows:
             out.append(self.min_accuracy(b.min_accuracy))
         if b.max_accuracy_drop is not None:
             out.append(self.accuracy_drop(b.max_accuracy_drop))
+        if b.min_cosine is not None:
+            out.append(self.min_cosine("min_cosine", "mean cosine", self.a.cosine_mean, b.min_cosine))
+        if b.min_cosine_p5 is not None:
+            out.append(self.min_cosine("min_cosine_p5", "cosine p5", self.a.cosine_p5, b.min_cosine_p5))
         for op, limit in b.max_ops:
             count = None if self.a.ops is None else self.a.ops.get(op, 0)
             out.append(self.upper(f"max_ops.{op}", f"ops {op}", count, limit,
@@ -265,6 +269,20 @@ class _BudgetRows:
         status: Status = "pass" if value >= limit - _EPS else "fail"
         return self.finding("min_accuracy", "accuracy", status, value=value, limit=limit,
                             value_text=_percent(value, 2), limit_text=limit_text)
+
+    def min_cosine(self, key: str, label: str, value: float | None, limit: float) -> Finding:
+        """value ≥ limit; unknown fails, except for the dense reference itself (nothing to compare with)."""
+        limit_text = f"≥ {limit:.4f}"
+        if value is None:
+            if self.a.role == "dense":
+                return self.finding(key, label, "skip", limit=limit, limit_text=limit_text,
+                                    note="this is the dense reference")
+            return self.finding(key, label, "fail", limit=limit, limit_text=limit_text,
+                                note="cosine unknown: pass a bench.json of this file with its dense reference first "
+                                     "(an embedding output), or the build.json of an embedding build")
+        status: Status = "pass" if value >= limit - _EPS else "fail"
+        return self.finding(key, label, status, value=value, limit=limit, value_text=f"{value:.4f}",
+                            limit_text=limit_text, note=self.a.cosine_from or "")
 
     def accuracy_drop(self, limit: float) -> Finding:
         """Points lost vs the baseline's counterpart, else vs the dense reference."""

@@ -21,6 +21,7 @@ ARTIFACT_FORMATS: dict[str, str] = {".onnx": "onnx", ".tflite": "tflite"}
 BUILD_SCHEMA = "edgecompress.build/1"
 BENCH_SCHEMA = "edgecompress.bench/1"
 _GLOB_CHARS = set("*?[")
+BENCH_COSINE = "bench.json: the file's outputs vs its reference file's"
 
 
 @dataclass
@@ -34,6 +35,9 @@ class ArtifactFacts:
     params: int | None = None
     ops: dict[str, int] | None = None
     accuracy: float | None = None
+    cosine_mean: float | None = None  # embedding output vs the dense reference's (mean over samples)
+    cosine_p5: float | None = None    # ... and its 5th percentile
+    cosine_from: str | None = None    # where the cosine was measured, for the report's note
     reference: Path | None = None   # the dense reference this artifact is compared with
     latency_ms: dict[int, dict[str, float]] = field(default_factory=dict)  # batch -> p50, p90 ...
     peak_rss_mib: dict[int, float] = field(default_factory=dict)            # batch -> MiB
@@ -48,6 +52,9 @@ class ArtifactFacts:
         for attr in ("role", "bytes", "params", "ops", "accuracy", "reference"):
             if getattr(self, attr) is None:
                 setattr(self, attr, getattr(other, attr))
+        if other.cosine_mean is not None and (self.cosine_mean is None or other.cosine_from == BENCH_COSINE):
+            # the file's own outputs (bench) beat the torch models' (build.json's agreement)
+            self.cosine_mean, self.cosine_p5, self.cosine_from = other.cosine_mean, other.cosine_p5, other.cosine_from
         for batch, stats in other.latency_ms.items():
             self.latency_ms.setdefault(batch, stats)
         for batch, rss in other.peak_rss_mib.items():
@@ -57,6 +64,7 @@ class ArtifactFacts:
     def to_dict(self) -> dict[str, Any]:
         return {"path": display(self.path), "format": self.format, "role": self.role, "bytes": self.bytes,
                 "params": self.params, "ops": self.ops, "accuracy": self.accuracy,
+                "cosine_mean": self.cosine_mean, "cosine_p5": self.cosine_p5,
                 "reference": display(self.reference) if self.reference else None,
                 "latency_ms": {str(b): s for b, s in sorted(self.latency_ms.items())},
                 "peak_rss_mib": {str(b): v for b, v in sorted(self.peak_rss_mib.items())},
@@ -222,6 +230,7 @@ def _from_build(path: Path, data: dict[str, Any]) -> list[ArtifactFacts]:
         if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
             raise InputError(f"{display(path)}: artifact {role!r} has no 'path'")
         resolved[role] = Path(os.path.normpath(folder / entry["path"]))
+    cosine = _build_cosine(data.get("agreement"))
     out = []
     for role, entry in artifacts.items():
         target = resolved[role]
@@ -233,8 +242,21 @@ def _from_build(path: Path, data: dict[str, Any]) -> list[ArtifactFacts]:
         out.append(ArtifactFacts(
             path=target, format=fmt, role=str(role), bytes=_int(entry.get("bytes")),
             params=_int(entry.get("params")), ops=_ops(entry.get("ops")), accuracy=accuracy,
-            reference=reference if reference != target else None, sources=[display(path)]))
+            reference=reference if reference != target else None, sources=[display(path)],
+            **(cosine if role == "compressed" else {})))
     return out
+
+
+def _build_cosine(agreement: Any) -> dict[str, Any]:
+    """The compressed model's cosine to the dense model from build.json's "agreement" (torch outputs on the
+    verification inputs): on the --eval data when it was given, else on the first (random) inputs."""
+    rows = [a for a in agreement if isinstance(a, dict) and _num(a.get("cosine_mean")) is not None] \
+        if isinstance(agreement, list) else []
+    if not rows:
+        return {}
+    row = next((a for a in rows if a.get("inputs") == "eval"), rows[0])
+    return {"cosine_mean": float(row["cosine_mean"]), "cosine_p5": _num(row.get("cosine_p5")),
+            "cosine_from": f"build.json: compressed vs dense torch model, {row.get('samples')} {row.get('inputs')} inputs"}
 
 
 def _bench_path(raw: str, bench_dir: Path, cwd: Path) -> Path:
@@ -286,6 +308,9 @@ def _from_bench(path: Path, data: dict[str, Any], cwd: Path) -> list[ArtifactFac
         accuracy = _num(result.get("accuracy"))
         if accuracy is not None and facts.accuracy is None:
             facts.accuracy = float(accuracy)
+        cosine = _num(result.get("cosine_mean"))
+        if cosine is not None and facts.cosine_mean is None:
+            facts.cosine_mean, facts.cosine_p5, facts.cosine_from = float(cosine), _num(result.get("cosine_p5")), BENCH_COSINE
     return list(by_name.values())
 
 

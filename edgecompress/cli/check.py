@@ -23,6 +23,8 @@ relative to the config file's folder:
   max_growth = "5%"              # vs --baseline; noise_floor = "1 KiB"
   min_accuracy = 0.97            # or "97%"
   max_accuracy_drop = 0.5        # points vs baseline (else the dense reference)
+  min_cosine = 0.97              # embeddings: mean cosine to the dense reference
+  min_cosine_p5 = 0.9            # ... its 5th percentile (bench.json or build.json)
   max_ops = { MatMul = 6 }
   max_latency_p50_ms = 1.0       # warns unless --fail-on-latency
 \b
@@ -103,5 +105,6 @@ def check(paths: tuple[str, ...], config: str | None, baselines: tuple[str, ...]
             click.echo(line, err=table_to is sys.stderr)
     if not report.passed:
         failed = report.failures
-        names = ", ".join(f"{f.artifact} {f.label}" for f in failed[:3]) + (" ..." if len(failed) > 3 else "")
+        names = ", ".join(f"{f.artifact} {f.label} {f.value_text} (limit {f.limit_text})" for f in failed[:3]) \
+            + (" ..." if len(failed) > 3 else "")
         raise BudgetExceeded(f"{len(failed)} budget check{'s' if len(failed) != 1 else ''} failed: {names}")
