@@ -67,7 +67,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             "images": root / "images.npz", "root": root}
 
 
-RESULT_KEYS = {"model", "batch", "runs", "latency_ms", "throughput_per_s", "init_ms", "first_inference_ms",
+RESULT_KEYS = {"model", "batch", "seq", "runs", "latency_ms", "throughput_per_s", "init_ms", "first_inference_ms",
                "peak_rss_mib", "rss_increment_mib", "baseline_rss_mib", "bytes", "params", "accuracy", "macro_f1",
                "quality_measure", "top1_agreement", "cosine_mean", "cosine_p5", "relative_error", "max_abs_diff",
                "eval_samples", "ratios"}

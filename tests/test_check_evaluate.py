@@ -147,8 +147,8 @@ def test_bench_json_merges_with_build_json_by_path(tmp_path: Path) -> None:
     facts = collect([bench, build], cwd=tmp_path)  # order of PATHS does not matter
     assert len(facts.artifacts) == 2
     compressed = facts.artifacts[tmp_path / "build" / "m.onnx"]
-    assert compressed.latency_ms[1]["p50"] == pytest.approx(0.2)
-    assert compressed.peak_rss_mib == {1: 50.0}
+    assert compressed.latency_ms[(1, None)]["p50"] == pytest.approx(0.2)
+    assert compressed.peak_rss_mib == {(1, None): 50.0}
     assert compressed.bytes == 40_000  # build.json wins
 
 
@@ -157,7 +157,7 @@ def test_bench_paths_relative_to_cwd_or_unknown_merge_by_name(tmp_path: Path) ->
     bench = write_bench(tmp_path / "results", prefix="elsewhere/")  # files not on this machine
     facts = collect([build, bench], cwd=tmp_path)
     assert set(facts.artifacts) == {tmp_path / "build" / "m.onnx", tmp_path / "build" / "m.dense.onnx"}
-    assert facts.artifacts[tmp_path / "build" / "m.onnx"].latency_ms[1]["p50"] == pytest.approx(0.2)
+    assert facts.artifacts[tmp_path / "build" / "m.onnx"].latency_ms[(1, None)]["p50"] == pytest.approx(0.2)
 
 
 def test_folder_and_glob_paths(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from edgecompress.lowrank.policies import UniformPolicy
@@ -61,3 +62,43 @@ def test_bench_then_check_min_cosine_on_a_token_model(built: Path, capsys: pytes
     code, out, err = check(1.0, "out/build.json", "out/bench.json")
     assert code == 1 and err.strip().splitlines() == [f"error: 1 budget check failed: out/bert.onnx mean cosine "
                                                       f"{cosine:.4f} (limit ≥ 1.0000)"]
+
+
+def test_bench_several_sequence_lengths_in_one_run(built: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--seq 4 --seq 8,4: one block per length (duplicates dropped), ratios against the dense file at the same
+    length and batch, quality per length; refused with --data (the data fixes the length)."""
+    dense, small = str(built / "bert.dense.onnx"), str(built / "bert.onnx")
+    code, out, err = _run(["bench", dense, small, "--seq", "4", "--seq", "8,4", "--batch", "1,2", "--runs", "2",
+                           "--warmup", "0", "--no-memory", "--json", str(built / "seqs.json")], capsys)
+    assert code == 0, err
+    bench = json.loads((built / "seqs.json").read_text())
+    assert bench["config"]["seq"] == [4, 8]
+    assert {i["name"]: i["shape"] for i in bench["config"]["inputs"]} == {"input_ids": ["N", "seq"],
+                                                                         "attention_mask": ["N", "seq"]}
+    rows = bench["results"]
+    assert [(r["seq"], r["batch"], r["model"]) for r in rows] == [
+        (s, b, m) for s in (4, 8) for b in (1, 2) for m in ("bert.dense.onnx", "bert.onnx")]
+    for ref, other in zip(rows[::2], rows[1::2]):
+        assert other["ratios"]["p50"] == pytest.approx(other["latency_ms"]["p50"] / ref["latency_ms"]["p50"], rel=1e-2)
+        assert ref["cosine_mean"] == pytest.approx(1.0) and other["quality_measure"] == "cosine"
+    verdict = " ".join(out.split())  # the verdict line wraps on a narrow terminal
+    assert "p50 latency (seq 4, batch 1)" in verdict and "p50 latency (seq 8, batch 2)" in verdict
+    # check reads the latency of the length the budget names; several measured and none named: it says so
+    budgets = built / "seqs.toml"
+    budgets.write_text('[budgets."bert.onnx"]\nmax_latency_p50_ms = 10000\nbatch = 2\n')
+    code, out, err = _run(["check", str(built / "seqs.json"), "--config", str(budgets), "--json", str(built / "c.json")],
+                          capsys)
+    finding = json.loads((built / "c.json").read_text())["findings"][0]
+    assert finding["status"] == "warn" and "several sequence lengths at batch 2 (4, 8)" in finding["note"]
+    budgets.write_text('[budgets."bert.onnx"]\nmax_latency_p50_ms = 10000\nbatch = 2\nseq = 8\n')
+    code, out, err = _run(["check", str(built / "seqs.json"), "--config", str(budgets), "--json", str(built / "c.json")],
+                          capsys)
+    finding = json.loads((built / "c.json").read_text())["findings"][0]
+    assert code == 0 and finding["status"] == "pass" and finding["label"] == "latency p50 (batch 2, seq 8)"
+    assert finding["value"] == rows[7]["latency_ms"]["p50"]
+    np_path = built / "tokens.npz"
+    np.savez(np_path, input_ids=np.ones((4, 6), np.int64), attention_mask=np.ones((4, 6), np.int64))
+    code, out, err = _run(["bench", dense, "--seq", "4,8", "--data", str(np_path), "--no-memory"], capsys)
+    assert code == 2 and "several --seq lengths" in err
+    code, out, err = _run(["bench", dense, "--seq", "4,x"], capsys)
+    assert code == 2 and "--seq '4,x'" in err

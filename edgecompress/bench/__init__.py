@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,8 @@ from edgecompress import quality
 from edgecompress.bench import metrics
 from edgecompress.bench.backends import BACKENDS, Backend, ModelInfo, OnnxBackend, backend_for
 from edgecompress.bench.inputs import (BATCH, RANDOM_SAMPLES, InputPlan, check_batches, fit_data,
-                                       merged_inputs, parse_input_shape, plan_inputs, random_inputs, take_batch, with_seq)
+                                       SEQ_AXIS, merged_inputs, parse_input_shape, plan_inputs, random_inputs, take_batch,
+                                       with_seq)
 from edgecompress.bench.runner import Timing, interleave, probe, time_ms
 from edgecompress.errors import InputError
 from edgecompress.quality import default_quality_output
@@ -48,7 +50,8 @@ __all__ = ["run_benchmark", "write_json", "write_markdown", "write_html", "to_js
 def run_benchmark(paths: Sequence[str | os.PathLike[str]], *, data: Any = None, batches: Sequence[int] = (1,),
                   threads: int = 1, runs: int | None = None, seconds: float | None = None,
                   warmup: int = DEFAULT_WARMUP, seed: int = 0,
-                  input_shapes: Mapping[str | None, Sequence[int | str]] | None = None, seq: int | None = None,
+                  input_shapes: Mapping[str | None, Sequence[int | str]] | None = None,
+                  seq: int | Sequence[int] | None = None,
                   limit: int | None = None, memory: bool = True, progress: bool = True) -> dict[str, Any]:
     """Benchmark models against the first one and return a bench.json dict.
 
@@ -65,7 +68,8 @@ def run_benchmark(paths: Sequence[str | os.PathLike[str]], *, data: Any = None, 
         seed: seed of the random inputs.
         input_shapes: input name (None for the only input) -> shape with ``"N"`` for the batch
             dimension, for dynamic dimensions the data does not fix.
-        seq: length of every input's dynamic "seq" dimension (token models built by edgecompress).
+        seq: length(s) of every input's dynamic "seq" dimension (token models built by edgecompress);
+            several lengths: one block of results per length (random inputs), ratios per length.
         limit: evaluate accuracy/agreement on the first ``limit`` samples only.
         memory: measure peak memory and cold start in a fresh process per model and batch.
         progress: show a progress bar when stderr is a terminal.
@@ -74,6 +78,7 @@ def run_benchmark(paths: Sequence[str | os.PathLike[str]], *, data: Any = None, 
         InputError: a file is not a model, the models' inputs differ, data does not fit, ...
     """
     batches = _check_options(paths, batches, threads, runs, seconds, warmup, limit)
+    seqs = _check_seqs(seq)
     if runs is None and seconds is None:
         runs = DEFAULT_RUNS
     from edgecompress import provenance
@@ -83,40 +88,41 @@ def run_benchmark(paths: Sequence[str | os.PathLike[str]], *, data: Any = None, 
     infos = [b.inspect() for b in backends]
     names = _unique_names([b.path for b in backends])
     dataset = _load_data(data, limit, [spec.name for spec, _ in merged_inputs(infos)])
-    plans = plan_inputs(infos, overrides=with_seq(infos, input_shapes, seq),
-                        data_sample_shape=None if dataset is None else sample_shapes(dataset.x))
-    check_batches(plans, batches)
-    if dataset is not None:
-        eval_inputs = ({plan.name: fit_data(dataset.x[plan.name], plan) for plan in plans}
-                       if isinstance(dataset.x, dict) else {plans[0].name: fit_data(dataset.x, plans[0])})
-        labels = _check_labels(dataset.y)
-    else:
-        eval_inputs = random_inputs(plans, limit or RANDOM_SAMPLES, seed)
-        labels = None
-    n_eval = len(next(iter(eval_inputs.values())))
+    if dataset is not None and len(seqs) > 1:
+        raise InputError("several --seq lengths run on random inputs; --data fixes the sequence length "
+                         "(bench the data at its own length, without --seq, or drop --data)")
+    shapes = [_shape(infos, dataset, input_shapes, s, limit, seed) for s in seqs]
+    for shape in shapes:
+        check_batches(shape.plans, batches)
+    n_eval = len(next(iter(shapes[0].inputs.values())))
+    blocks = [(shape, b) for shape in shapes for b in batches]
 
     with ExitStack() as stack, _Progress(progress) as bar:
         for backend in backends:
             stack.callback(backend.close)
-        _warm_runtime(infos[0], threads, take_batch(eval_inputs, batches[0]))
+        _warm_runtime(infos[0], threads, take_batch(shapes[0].inputs, batches[0]))
         init_ms = [backend.timed_load() for backend in backends]
-        first_ms = {(b, i): time_ms(lambda be=be, f=take_batch(eval_inputs, b): be.run(f))
-                    for b in batches for i, be in enumerate(backends)}
-        scores, judged = _evaluate(backends, names, infos, eval_inputs, labels, plans, bar)
-        probes = _probe_all(infos, batches, eval_inputs, threads, bar) if memory else {}
-        timings = {b: _time_batch(backends, take_batch(eval_inputs, b), b, runs, seconds, warmup, bar)
-                   for b in batches}
+        first_ms = {(shape.seq, b, i): time_ms(lambda be=be, f=take_batch(shape.inputs, b): be.run(f))
+                    for shape, b in blocks for i, be in enumerate(backends)}
+        scores = {shape.seq: _evaluate(backends, names, infos, shape.inputs, shape.labels, shape.plans, bar)
+                  for shape in shapes}
+        probes = {(shape.seq, *key): found for shape in shapes
+                  for key, found in _probe_all(infos, batches, shape.inputs, threads, bar).items()} if memory else {}
+        timings = {(shape.seq, b): _time_batch(backends, take_batch(shape.inputs, b), b, runs, seconds, warmup, bar,
+                                               shape.seq) for shape, b in blocks}
 
-    results = [_result_row(names[i], infos[i], b, timings[b], i, init_ms[i], first_ms[(b, i)],
-                           probes.get((b, i)), scores[i], n_eval)
-               for b in batches for i in range(len(backends))]
+    results = [_result_row(names[i], infos[i], shape.seq, b, timings[(shape.seq, b)], i, init_ms[i],
+                           first_ms[(shape.seq, b, i)], probes.get((shape.seq, b, i)), scores[shape.seq][0][i], n_eval)
+               for shape, b in blocks for i in range(len(backends))]
     _add_ratios(results, names[0])
+    labels = shapes[0].labels
     config = {
-        "batches": list(batches), "threads": threads, "inter_op_threads": 1, "execution_mode": "sequential",
+        "batches": list(batches), "seq": None if seq is None else [s for s in seqs if s is not None],
+        "threads": threads, "inter_op_threads": 1, "execution_mode": "sequential",
         "runs": runs, "seconds": seconds, "warmup": warmup, "seed": seed,
         "data": _data_label(data, dataset), "labels": labels is not None,
-        "eval_samples": n_eval, "limit": limit, "quality_output": judged,
-        "inputs": [{"name": p.name, "shape": [BATCH, *p.sample_shape], "dtype": p.dtype} for p in plans],
+        "eval_samples": n_eval, "limit": limit, "quality_output": scores[shapes[0].seq][1],
+        "inputs": _input_config(shapes),
         "memory": memory, "cold_start": "subprocess" if memory else "in-process",
         "interleaved": True, "percentiles": "linear",
     }
@@ -134,6 +140,48 @@ def run_benchmark(paths: Sequence[str | os.PathLike[str]], *, data: Any = None, 
 
 
 # --- options and inputs -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Shape:
+    """The inputs of one sequence length (None: no --seq): plans, eval inputs, labels."""
+
+    seq: int | None
+    plans: list[InputPlan]
+    inputs: dict[str, np.ndarray]
+    labels: np.ndarray | None
+
+
+def _check_seqs(seq: int | Sequence[int] | None) -> list[int | None]:
+    """--seq as a list of distinct lengths in the given order ([None] without it)."""
+    if seq is None:
+        return [None]
+    values = [seq] if isinstance(seq, (int, np.integer)) else list(seq)
+    if not values or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1 for v in values):
+        raise InputError(f"--seq takes positive lengths, e.g. --seq 32,128; got {seq!r}")
+    return list(dict.fromkeys(int(v) for v in values))
+
+
+def _shape(infos: Sequence[ModelInfo], dataset: Any, input_shapes: Mapping[str | None, Sequence[int | str]] | None,
+           seq: int | None, limit: int | None, seed: int) -> _Shape:
+    plans = plan_inputs(infos, overrides=with_seq(infos, input_shapes, seq),
+                        data_sample_shape=None if dataset is None else sample_shapes(dataset.x))
+    if dataset is None:
+        return _Shape(seq, plans, random_inputs(plans, limit or RANDOM_SAMPLES, seed), None)
+    inputs = ({plan.name: fit_data(dataset.x[plan.name], plan) for plan in plans}
+              if isinstance(dataset.x, dict) else {plans[0].name: fit_data(dataset.x, plans[0])})
+    return _Shape(seq, plans, inputs, _check_labels(dataset.y))
+
+
+def _input_config(shapes: Sequence[_Shape]) -> list[dict[str, Any]]:
+    """Each input's shape ("N" = the batch; "seq" where several --seq lengths differ) and dtype."""
+    out = []
+    for index, plan in enumerate(shapes[0].plans):
+        dims: list[int | str] = list(plan.sample_shape)
+        for other in shapes[1:]:
+            dims = [d if d == o else SEQ_AXIS for d, o in zip(dims, other.plans[index].sample_shape)]
+        out.append({"name": plan.name, "shape": [BATCH, *dims], "dtype": plan.dtype})
+    return out
 
 
 def _check_options(paths: Sequence[Any], batches: Sequence[int], threads: int, runs: int | None,
@@ -331,8 +379,8 @@ def _probe_all(infos: Sequence[ModelInfo], batches: Sequence[int], inputs: Mappi
 
 
 def _time_batch(backends: Sequence[Backend], feeds: Mapping[str, np.ndarray], batch: int, runs: int | None,
-                seconds: float | None, warmup: int, bar: "_Progress") -> Timing:
-    task = bar.add(f"batch {batch}", 1000)
+                seconds: float | None, warmup: int, bar: "_Progress", seq: int | None = None) -> Timing:
+    task = bar.add(f"batch {batch}" + ("" if seq is None else f" seq {seq}"), 1000)
 
     def on_round(done: int, elapsed: float) -> None:
         fraction = max(done / runs if runs else 0.0, elapsed / seconds if seconds else 0.0)
@@ -359,7 +407,7 @@ def _model_entry(name: str, info: ModelInfo, given: Any) -> dict[str, Any]:
             "inputs": [s.to_dict() for s in info.inputs], "outputs": [s.to_dict() for s in info.outputs]}
 
 
-def _result_row(name: str, info: ModelInfo, batch: int, timing: Timing, index: int, init_ms: float,
+def _result_row(name: str, info: ModelInfo, seq: int | None, batch: int, timing: Timing, index: int, init_ms: float,
                 first_ms: float, probed: Any, scores: dict[str, Any], eval_samples: int) -> dict[str, Any]:
     samples = timing.samples_ms[index]
     stats = metrics.latency_stats(samples)
@@ -368,7 +416,7 @@ def _result_row(name: str, info: ModelInfo, batch: int, timing: Timing, index: i
     if probed is not None:
         init_ms, first_ms = probed.init_ms, probed.first_inference_ms
     return {
-        "model": name, "batch": batch, "runs": len(samples),
+        "model": name, "batch": batch, "seq": seq, "runs": len(samples),
         "latency_ms": latency,
         "throughput_per_s": _round(metrics.throughput(batch, float(stats["p50"])), 2),
         "init_ms": _round(init_ms, 3), "first_inference_ms": _round(first_ms, 3),
@@ -390,9 +438,9 @@ def _figure(row: Mapping[str, Any], key: str) -> float | None:
 
 
 def _add_ratios(results: list[dict[str, Any]], reference: str) -> None:
-    refs = {r["batch"]: r for r in results if r["model"] == reference}
+    refs = {(r["seq"], r["batch"]): r for r in results if r["model"] == reference}
     for row in results:
-        ref = refs[row["batch"]]
+        ref = refs[(row["seq"], row["batch"])]
         row["ratios"] = {k: _round(metrics.ratio(_figure(row, k), _figure(ref, k)), 4) for k in RATIO_KEYS}
 
 

@@ -41,11 +41,13 @@ BUDGET_KEYS: dict[str, str] = {
     "max_latency_growth": 'largest p50 latency growth vs the baseline, "10%" (warns unless fail_on_latency)',
     "max_peak_rss": 'largest peak resident memory while benchmarking, e.g. "64 MiB"',
     "batch": "batch size whose bench results latency/memory budgets read (default 1)",
+    "seq": "sequence length (bench --seq) whose results latency/memory budgets read (needed when bench "
+           "measured several)",
     "fail_on_latency": "latency budgets fail instead of warning (default: the top-level setting)",
     "exclude": "glob(s) of artifacts this budget skips; without a / they match the file name, "
                "e.g. \"*.dense.onnx\"",
 }
-LIMIT_KEYS: frozenset[str] = frozenset(BUDGET_KEYS) - {"noise_floor", "params_noise_floor", "batch",
+LIMIT_KEYS: frozenset[str] = frozenset(BUDGET_KEYS) - {"noise_floor", "params_noise_floor", "batch", "seq",
                                                        "fail_on_latency", "exclude"}
 TOP_KEYS: dict[str, str] = {
     "budgets": 'one table per artifact glob: [tool.edgecompress.budgets."build/*.onnx"]',
@@ -80,6 +82,7 @@ class Budget:
     max_latency_growth: float | None = None
     max_peak_rss: int | None = None
     batch: int = 1
+    seq: int | None = None
     fail_on_latency: bool | None = None
     binary_keys: frozenset[str] = frozenset()  # size keys written in KiB/MiB/GiB: shown that way
     key_lines: tuple[tuple[str, int], ...] = ()  # config key (max_ops.MatMul ...) -> its line
@@ -379,7 +382,8 @@ def _parse_budget(pattern: str, table: Any, src: _Source, base_dir: Path) -> Bud
     kwargs["max_accuracy_drop"] = get("max_accuracy_drop", _points)
     for key in ("min_cosine", "min_cosine_p5"):
         kwargs[key] = get(key, lambda v, k=key: _cosine(v, k))
-    kwargs["batch"] = get("batch", _batch)
+    kwargs["batch"] = get("batch", lambda v: _positive(v, "batch"))
+    kwargs["seq"] = get("seq", lambda v: _positive(v, "seq"))
     kwargs["fail_on_latency"] = get("fail_on_latency", _bool)
     kwargs["exclude"] = tuple(_string_list(table["exclude"], src, where + ("exclude",))) if "exclude" in table else ()
     if "max_ops" in table:
@@ -453,9 +457,9 @@ def _milliseconds(value: Any) -> float:
     return float(value)
 
 
-def _batch(value: Any) -> int:
+def _positive(value: Any, key: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"batch must be a positive integer, got {value!r}")
+        raise ConfigError(f"{key} must be a positive integer, got {value!r}")
     return value
 
 

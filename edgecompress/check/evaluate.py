@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from edgecompress.check.config import Budget, CheckConfig
-from edgecompress.check.facts import ArtifactFacts, FactSet, display
+from edgecompress.check.facts import ArtifactFacts, Block, FactSet, _order, block_key, display
 from edgecompress.check.units import format_count, format_size
 
 Status = Literal["pass", "fail", "warn", "skip"]
@@ -152,8 +152,21 @@ class _BudgetRows:
 
     @property
     def at_batch(self) -> str:
-        """Label suffix naming the bench batch size, when not the default 1."""
-        return "" if self.b.batch == 1 else f" (batch {self.b.batch})"
+        """Label suffix naming the bench batch size when not the default 1, and the sequence length if any."""
+        block = self.block
+        seq = None if block is None else block[1]
+        parts = ([] if self.b.batch == 1 else [f"batch {self.b.batch}"]) + ([] if seq is None else [f"seq {seq}"])
+        return f" ({', '.join(parts)})" if parts else ""
+
+    @property
+    def block(self) -> Block | None:
+        """The bench block the latency/memory limits read: the budget's batch and seq; without seq, the one
+        length bench measured at that batch (None when it measured several: the budget must say which)."""
+        if self.b.seq is not None:
+            return self.b.batch, self.b.seq
+        seqs = sorted({s for b, s in (*self.a.latency_ms, *self.a.peak_rss_mib) if b == self.b.batch},
+                      key=lambda s: -1 if s is None else s)
+        return (self.b.batch, seqs[0] if seqs else None) if len(seqs) <= 1 else None
 
     def size(self, n: float, key: str = "max_size") -> str:
         """A size in the unit family (kB or KiB) the budget's ``key`` was written in."""
@@ -190,7 +203,7 @@ class _BudgetRows:
         if b.max_latency_growth is not None:
             out.append(self.latency_growth(b.max_latency_growth))
         if b.max_peak_rss is not None:
-            rss = self.a.peak_rss_mib.get(b.batch)
+            rss = self.a.peak_rss_mib.get(self.block) if self.block else None
             value = None if rss is None else rss * 2**20
             row = self.upper("max_peak_rss", f"peak RSS{self.at_batch}", value, b.max_peak_rss,
                              lambda v, l: self.size_pair(v, l, "max_peak_rss"))
@@ -304,15 +317,19 @@ class _BudgetRows:
                             value_text=f"{drop:.2f} pt", limit_text=limit_text, note=note)
 
     def bench_note(self) -> str:
-        batches = sorted(set(self.a.latency_ms) | set(self.a.peak_rss_mib))
-        if batches:
-            have = ", ".join(map(str, batches))
-            return f"no bench result at batch {self.b.batch} (measured: {have}); set batch = in the budget"
+        blocks = sorted(set(self.a.latency_ms) | set(self.a.peak_rss_mib), key=lambda b: _order((b, None)))
+        if blocks and self.block is None:
+            have = ", ".join(str(s) for b, s in blocks if b == self.b.batch)
+            return f"bench measured several sequence lengths at batch {self.b.batch} ({have}); set seq = in the budget"
+        if blocks:
+            have = ", ".join(block_key(b).replace(",", " ") for b in blocks)
+            wanted = block_key((self.b.batch, self.b.seq)).replace(",", " ")
+            return f"no bench result at batch {wanted} (measured: {have}); set batch = (and seq =) in the budget"
         return "not benchmarked: pass a bench.json that measured this artifact"
 
     def latency(self, stat: str, limit: float) -> Finding:
         key, label = f"max_latency_{stat}_ms", f"latency {stat}{self.at_batch}"
-        value = self.a.latency_ms.get(self.b.batch, {}).get(stat)
+        value = self.a.latency_ms.get(self.block, {}).get(stat) if self.block else None
         soft: Status = "fail" if self.latency_fails else "warn"
         if value is None:
             return self.finding(key, label, soft, limit=limit, limit_text=f"≤ {limit:g} ms", note=self.bench_note())
@@ -326,11 +343,11 @@ class _BudgetRows:
     def latency_growth(self, limit: float) -> Finding:
         key, label, limit_text = "max_latency_growth", f"latency p50 growth{self.at_batch}", f"≤ +{_percent(limit)}"
         soft: Status = "fail" if self.latency_fails else "warn"
-        value = self.a.latency_ms.get(self.b.batch, {}).get("p50")
+        value = self.a.latency_ms.get(self.block, {}).get("p50") if self.block else None
         if value is None:
             return self.finding(key, label, soft, limit=limit, limit_text=limit_text, note=self.bench_note())
-        before = self.base.latency_ms.get(self.b.batch, {}).get("p50") if self.base else None
-        skip = self.baseline_missing(before, f"p50 latency at batch {self.b.batch}")
+        before = self.base.latency_ms.get(self.block, {}).get("p50") if self.base and self.block else None
+        skip = self.baseline_missing(before, f"p50 latency at batch {block_key(self.block or (self.b.batch, None))}")
         if skip:
             return self.finding(key, label, "skip", limit=limit, limit_text=limit_text, note=skip)
         assert before is not None

@@ -24,6 +24,19 @@ _GLOB_CHARS = set("*?[")
 BENCH_COSINE = "bench.json: the file's outputs vs its reference file's"
 
 
+Block = tuple[int, "int | None"]
+"""A bench result block: (batch size, sequence length or None without bench --seq)."""
+
+
+def block_key(block: Block) -> str:
+    """``"1"``, or ``"1,seq=128"`` for a block measured at a sequence length."""
+    return str(block[0]) if block[1] is None else f"{block[0]},seq={block[1]}"
+
+
+def _order(item: tuple[Block, Any]) -> tuple[int, int]:
+    return item[0][0], -1 if item[0][1] is None else item[0][1]
+
+
 @dataclass
 class ArtifactFacts:
     """What is known about one model file. None means unknown."""
@@ -39,8 +52,8 @@ class ArtifactFacts:
     cosine_p5: float | None = None    # ... and its 5th percentile
     cosine_from: str | None = None    # where the cosine was measured, for the report's note
     reference: Path | None = None   # the dense reference this artifact is compared with
-    latency_ms: dict[int, dict[str, float]] = field(default_factory=dict)  # batch -> p50, p90 ...
-    peak_rss_mib: dict[int, float] = field(default_factory=dict)            # batch -> MiB
+    latency_ms: dict[Block, dict[str, float]] = field(default_factory=dict)  # (batch, seq) -> p50, p90 ...
+    peak_rss_mib: dict[Block, float] = field(default_factory=dict)            # (batch, seq) -> MiB
     sources: list[str] = field(default_factory=list)
 
     @property
@@ -66,8 +79,8 @@ class ArtifactFacts:
                 "params": self.params, "ops": self.ops, "accuracy": self.accuracy,
                 "cosine_mean": self.cosine_mean, "cosine_p5": self.cosine_p5,
                 "reference": display(self.reference) if self.reference else None,
-                "latency_ms": {str(b): s for b, s in sorted(self.latency_ms.items())},
-                "peak_rss_mib": {str(b): v for b, v in sorted(self.peak_rss_mib.items())},
+                "latency_ms": {block_key(b): s for b, s in sorted(self.latency_ms.items(), key=_order)},
+                "peak_rss_mib": {block_key(b): v for b, v in sorted(self.peak_rss_mib.items(), key=_order)},
                 "sources": self.sources}
 
 
@@ -297,14 +310,15 @@ def _from_bench(path: Path, data: dict[str, Any], cwd: Path) -> list[ArtifactFac
         batch = _int(result.get("batch"))
         if facts is None or batch is None:
             continue
+        block = (batch, _int(result.get("seq")))
         latency = result.get("latency_ms")
         if isinstance(latency, dict):
             stats = {k: float(v) for k, v in latency.items() if _num(v) is not None}
             if stats:
-                facts.latency_ms.setdefault(batch, stats)
+                facts.latency_ms.setdefault(block, stats)
         rss = _num(result.get("peak_rss_mib"))
         if rss is not None:
-            facts.peak_rss_mib.setdefault(batch, float(rss))
+            facts.peak_rss_mib.setdefault(block, float(rss))
         accuracy = _num(result.get("accuracy"))
         if accuracy is not None and facts.accuracy is None:
             facts.accuracy = float(accuracy)

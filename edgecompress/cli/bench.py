@@ -10,14 +10,15 @@ import click
 from edgecompress.errors import InputError
 
 
-def _parse_batches(text: str) -> list[int]:
+def _parse_sizes(flag: str, text: str, example: str) -> list[int]:
+    """Comma-separated positive integers (``--batch 1,32``, ``--seq 32,128``)."""
     try:
-        batches = [int(part) for part in text.replace(" ", "").split(",") if part]
+        sizes = [int(part) for part in text.replace(" ", "").split(",") if part]
     except ValueError:
-        raise InputError(f"--batch {text!r}: give comma-separated positive integers, e.g. --batch 1,32") from None
-    if not batches or any(b < 1 for b in batches):
-        raise InputError(f"--batch {text!r}: give comma-separated positive integers, e.g. --batch 1,32")
-    return batches
+        sizes = []
+    if not sizes or any(n < 1 for n in sizes):
+        raise InputError(f"{flag} {text!r}: give comma-separated positive integers, e.g. {flag} {example}")
+    return sizes
 
 
 def _check_outputs(outputs: dict[str, str | None], inputs: list[Path]) -> None:
@@ -49,10 +50,11 @@ def _write_all(bench: dict, outputs: dict[str, str | None], quiet: bool) -> bool
 
 BENCH_HELP = """Benchmark ONNX models in onnxruntime; the first model is the reference.
 
-For each model and batch size: latency p50/p90/p99/min/mean (ms), samples/s, session init and
-first-inference time, peak memory (fresh process per model), file size, parameters, accuracy and
-macro-F1 (with --data labels), top-1 agreement and max output difference vs the reference, and
-every figure's ratio to the reference. Models run interleaved after a warm-up, the order
+For each model and batch size (and --seq length): latency p50/p90/p99/min/mean (ms), samples/s,
+session init and first-inference time, peak memory (fresh process per model), file size,
+parameters, accuracy and macro-F1 (with --data labels), agreement with the reference (top-1 for
+class logits, cosine mean/p5 for embeddings, relative error otherwise) and max output difference,
+and every figure's ratio to the reference. Models run interleaved after a warm-up, the order
 rotating each round (A B, B A, ...). Needs only the runtime (no torch).
 
 Prints a one-line verdict per model and two tables (ratios green when better than the reference,
@@ -63,7 +65,8 @@ Examples:
   edgecompress bench build/model.dense.onnx build/model.onnx --data test.npz --batch 1,32
   edgecompress bench dense.onnx small.onnx --threads 4 --seconds 10 --json bench.json --html report.html
   edgecompress bench model.onnx --input-shape tokens:Nx128 --runs 500 --json - > bench.json
-  edgecompress bench build/minilm.dense.onnx build/minilm.onnx --seq 128 --threads 1
+  edgecompress bench build/minilm.dense.onnx build/minilm.onnx --seq 32 --seq 128 --threads 1
+  edgecompress bench build/minilm.dense.onnx build/minilm.onnx --seq 32,128 --batch 1,8 --json bench.json
 """
 
 
@@ -86,8 +89,10 @@ Examples:
               help="Shape for dynamic dims, N = batch: 'x:Nx3x224x224'. Repeat per input.")
 @click.option("--limit", type=click.IntRange(min=1), default=None,
               help="Evaluate accuracy on the first N samples only.")
-@click.option("--seq", type=int, default=None,
-              help="Length of every dynamic 'seq' input dimension (token models from edgecompress build), e.g. 128.")
+@click.option("--seq", "seqs", multiple=True, metavar="LIST",
+              help="Length(s) of every dynamic 'seq' input dimension (token models from edgecompress build): "
+                   "repeat or comma-separate (--seq 32,128) for one result block per length, interleaved runs and "
+                   "ratios per length, on random token ids.")
 @click.option("--memory/--no-memory", default=True, show_default=True,
               help="Measure peak memory and cold start in a fresh process per model and batch.")
 @click.option("--json", "json_out", metavar="FILE", help="Write bench.json ('-': stdout).")
@@ -95,11 +100,12 @@ Examples:
 @click.option("--html", "html_out", metavar="FILE", help="Write a self-contained HTML report with plots.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors (no tables, progress or 'wrote' lines).")
 def bench(models: tuple[str, ...], data: str | None, batch: str, threads: int, runs: int | None,
-          seconds: float | None, warmup: int, seed: int, input_shapes: tuple[str, ...], seq: int | None,
+          seconds: float | None, warmup: int, seed: int, input_shapes: tuple[str, ...], seqs: tuple[str, ...],
           limit: int | None, memory: bool, json_out: str | None, md_out: str | None, html_out: str | None, quiet: bool) -> None:
     from edgecompress.bench import parse_input_shape, run_benchmark
 
-    batches = _parse_batches(batch)
+    batches = _parse_sizes("--batch", batch, "1,32")
+    lengths = [n for text in seqs for n in _parse_sizes("--seq", text, "32,128")]
     shapes: dict[str | None, tuple[int | str, ...]] = {}
     for text in input_shapes:
         name, dims = parse_input_shape(text)
@@ -110,7 +116,7 @@ def bench(models: tuple[str, ...], data: str | None, batch: str, threads: int, r
     _check_outputs(outputs, [Path(m) for m in models])
     result = run_benchmark(list(models), data=data, batches=batches, threads=threads, runs=runs,
                            seconds=seconds, warmup=warmup, seed=seed, input_shapes=shapes or None,
-                           seq=seq, limit=limit, memory=memory, progress=not quiet)
+                           seq=lengths or None, limit=limit, memory=memory, progress=not quiet)
     to_stdout = _write_all(result, outputs, quiet)
     if not quiet:  # --quiet: nothing but errors
         from edgecompress.cli.console import console, stdout

@@ -121,9 +121,15 @@ def _latency(row: Mapping[str, Any], key: str) -> float | None:
     return (row.get("latency_ms") or {}).get(key)
 
 
+def block_label(row: Mapping[str, Any]) -> str:
+    """``batch 1`` or, for a bench over several sequence lengths, ``seq 128, batch 1``."""
+    return ("" if row.get("seq") is None else f"seq {row['seq']}, ") + f"batch {row.get('batch')}"
+
+
 def speed_table(bench: Mapping[str, Any]) -> Table:
-    """One row per batch size and model: latency percentiles, throughput, start-up, memory."""
+    """One row per (sequence length,) batch size and model: latency percentiles, throughput, start-up, memory."""
     ref = bench.get("reference")
+    with_seq = any(r.get("seq") is not None for r in bench.get("results", []))
     rows = []
     for r in bench.get("results", []):
         is_ref = r.get("model") == ref
@@ -133,7 +139,7 @@ def speed_table(bench: Mapping[str, Any]) -> Table:
             return ratio_cell(text, ratios.get(key), is_ref, higher_is_better=key == "throughput_per_s")
 
         rows.append((
-            Cell(str(r.get("model"))), Cell(str(r.get("batch"))),
+            Cell(str(r.get("model"))), *((Cell(str(r.get("seq"))),) if with_seq else ()), Cell(str(r.get("batch"))),
             *(cell(fmt_ms(_latency(r, k)), k) for k in ("p50", "p90", "p99", "min", "mean")),
             cell(fmt_float(r.get("throughput_per_s"), 1), "throughput_per_s"),
             cell(fmt_ms(r.get("init_ms")), "init_ms"),
@@ -141,8 +147,8 @@ def speed_table(bench: Mapping[str, Any]) -> Table:
             cell(fmt_float(r.get("peak_rss_mib"), 1), "peak_rss_mib"),
             cell(fmt_float(r.get("rss_increment_mib"), 1), "rss_increment_mib"),
         ))
-    headers = ("Model", "Batch", "p50 ms", "p90 ms", "p99 ms", "min ms", "mean ms", "Samples/s",
-               "Init ms", "First ms", "Peak RSS MiB", "+RSS MiB")
+    headers = ("Model", *(("Seq",) if with_seq else ()), "Batch", "p50 ms", "p90 ms", "p99 ms", "min ms", "mean ms",
+               "Samples/s", "Init ms", "First ms", "Peak RSS MiB", "+RSS MiB")
     return Table("Speed and memory", headers, ("l",) + ("r",) * (len(headers) - 1), tuple(rows))
 
 
@@ -204,7 +210,7 @@ def verdicts(bench: Mapping[str, Any]) -> list[str]:
         parts = [f"{fmt_ratio((m.get('ratios') or {}).get('bytes'))} size"]
         for r in bench.get("results", []):
             if r.get("model") == m.get("name"):
-                parts.append(f"{fmt_ratio((r.get('ratios') or {}).get('p50'))} p50 latency (batch {r.get('batch')})")
+                parts.append(f"{fmt_ratio((r.get('ratios') or {}).get('p50'))} p50 latency ({block_label(r)})")
         if m.get("accuracy") is not None and ref.get("accuracy") is not None:
             parts.append(f"{fmt_delta_pt((m['accuracy'] - ref['accuracy']) * 100)} accuracy")
         else:

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from edgecompress.report.markdown import model_rows
+from edgecompress.report.markdown import block_label, model_rows
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,7 @@ def latency_plot(bench: Mapping[str, Any]) -> Plot | None:
     for r in bench.get("results", []):
         samples = (r.get("latency_ms") or {}).get("samples") or []
         if samples:
-            by_batch.setdefault(r.get("batch"), []).append((str(r.get("model")), samples))
+            by_batch.setdefault(block_label(r), []).append((str(r.get("model")), samples))
     if not by_batch:
         return None
     n_models = max(len(v) for v in by_batch.values())
@@ -88,7 +88,7 @@ def latency_plot(bench: Mapping[str, Any]) -> Plot | None:
                       else {"vert": False})  # matplotlib < 3.10
         ax.boxplot(data, whis=(1, 99), widths=0.6, flierprops={"markersize": 2, "alpha": 0.4}, **horizontal)
         ax.set_yticks(range(1, len(labels) + 1), labels)
-        ax.set_title(f"batch {batch}", fontsize=10, loc="left")
+        ax.set_title(batch, fontsize=10, loc="left")
         ax.grid(axis="x", alpha=0.3)
         ax.tick_params(labelbottom=True)  # shared axis, but every panel keeps its numbers
     if log:

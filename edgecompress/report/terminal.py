@@ -17,7 +17,7 @@ from edgecompress.report.markdown import NOTES, Cell, Table, model_table, speed_
 
 STYLES = {"good": "green", "bad": "red", "": "dim"}
 # The terminal's speed table leaves out p90, min and mean (in --md, --json and --html) to fit 100 columns.
-TERMINAL_SPEED_COLUMNS = ("Model", "Batch", "p50 ms", "p99 ms", "Samples/s", "Init ms", "First ms", "Peak RSS MiB",
+TERMINAL_SPEED_COLUMNS = ("Model", "Seq", "Batch", "p50 ms", "p99 ms", "Samples/s", "Init ms", "First ms", "Peak RSS MiB",
                           "+RSS MiB")
 PIPE_WIDTH = 160  # output to a file or a pipe is not cut to 80 columns
 
