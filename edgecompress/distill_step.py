@@ -15,15 +15,15 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
-import numpy as np
 from torch import nn
 
-from edgecompress.data import Batch, Dataset, num_samples, slice_inputs
-from edgecompress.embed_io import NamedInputs, embeddings, named_batches
+from edgecompress.data import Dataset, slice_inputs
+from edgecompress.embed_io import NamedInputs, embeddings
 from edgecompress.errors import InputError
+from edgecompress.length_groups import padded_batches
 from edgecompress.lowrank.distill import DistillSettings, distill
 from edgecompress.lowrank.embedding import cosine_stats
-from edgecompress.spec import ModelIO, as_inputs
+from edgecompress.spec import ModelIO
 
 HELD_OUT_FRACTION = 0.1
 HELD_OUT_MAX = 256
@@ -62,31 +62,6 @@ def split(data: Dataset) -> tuple[Dataset, Dataset]:
         raise InputError(f"--distill data {data.name} has {n} sample(s): too few to hold out a split")
     return (Dataset(slice_inputs(data.x, None, n - held), None, f"{data.name}[:-{held}]"),
             Dataset(slice_inputs(data.x, n - held, None), None, f"{data.name}[-{held}:]"))
-
-
-def padded_batches(x: Batch, io: ModelIO, size: int, seed: int | None) -> list[dict[str, np.ndarray]]:
-    """Batches of named inputs; with an attention mask and a dynamic "seq" axis, samples are grouped by
-    length and each batch drops its all-padding tail columns (real tokens are never cut). ``seed``:
-    shuffle before grouping (training), None: keep the order (held-out)."""
-    named = as_inputs(x, io)
-    order = np.arange(num_samples(x))
-    if seed is not None:
-        order = np.random.default_rng(seed).permutation(order)
-    mask = named.get(io.mask_name) if io.mask_name else None
-    if mask is not None:
-        order = order[np.argsort(mask[order].reshape(len(order), -1).sum(1), kind="stable")]
-    batches = named_batches({name: array[order] for name, array in named.items()}, io, size)
-    return [_trim(batch, io) for batch in batches] if mask is not None else batches
-
-
-def _trim(batch: dict[str, np.ndarray], io: ModelIO) -> dict[str, np.ndarray]:
-    mask = batch[io.mask_name]
-    if mask.ndim != 2 or io.spec(io.mask_name).axes[1] != "seq":
-        return batch
-    used = np.flatnonzero(mask.any(0))
-    length = int(used[-1]) + 1 if used.size else 1
-    return {name: array[:, :length] if io.spec(name).axes[1:2] == ("seq",) else array
-            for name, array in batch.items()}
 
 
 def distill_step(student: nn.Module, teacher: nn.Module, data: Dataset, io: ModelIO, options: DistillOptions, *,

@@ -26,6 +26,7 @@ from edgecompress.export import quantize as int8_export
 from edgecompress.export import tflite as tflite_export
 from edgecompress.export.verify import (Tolerance, ort_runner, random_inputs, torch_outputs, verify_outputs,
                                         verify_samples)
+from edgecompress.length_groups import grouped_runner, run_grouped
 from edgecompress.load import LoadedModel, infer_input_shape, load_model
 from edgecompress.lowrank.budget import Budget, budget_compress
 from edgecompress.lowrank.calibration import Calibration, calibrate, require_samples
@@ -466,7 +467,7 @@ def _reference_outputs(model: nn.Module, inputs: Batch, io: ModelIO, description
     """torch's outputs on verification inputs; InputError when the model itself fails on them (e.g. a
     runtime check an exported program recorded for data-dependent control flow)."""
     try:
-        return outputs_of(model, inputs, io)
+        return run_grouped(lambda x: outputs_of(model, x, io), inputs, io)
     except Exception as exc:  # the model's own code (or its exported guards) rejected these inputs
         message = " ".join(str(exc).split())[:300] or type(exc).__name__
         if description.startswith(OTHER_SEQ):
@@ -502,7 +503,7 @@ def random_batch(io: ModelIO, samples: int, seed: int) -> Batch:
 def _verifications(path: Path, role: str, checks: list[Check], tolerances: list[Tolerance],
                    io: ModelIO) -> list[dict[str, Any]]:
     """Verify one artifact against its torch model's outputs on each check: one record per output."""
-    runner = _runner(path, io)
+    runner = grouped_runner(_runner(path, io), io)  # the torch references' length groups (_reference_outputs)
     return [record.to_json() for check, tolerance in zip(checks, tolerances)
             for record in verify_outputs(path.name, runner, check.references[role], check.inputs,
                                          check.description, tolerance, dict(io.output_kinds))]
@@ -799,7 +800,8 @@ def _build(config: BuildConfig, folder: outdir.OutputFolder, progress: Progress 
             with timings.stage("eval", progress):
                 for role in artifacts:  # the runtime session is made only when there are labels to score
                     path = staging / artifacts[role]["path"]
-                    artifacts[role]["eval"] = evaluate_runner(lambda x, path=path: _runner(path, io)(x), eval_data)
+                    artifacts[role]["eval"] = evaluate_runner(
+                        lambda x, path=path: run_grouped(_runner(path, io), x, io), eval_data)
         record = {
             "schema": "edgecompress.build/1",
             "name": stem,

@@ -22,9 +22,9 @@ pytest.importorskip("transformers")
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The build folder of a rank-4 tiny BERT evaluated on 48 sentences of 2 to 12 words."""
+    """The build folder of a rank-4 tiny BERT evaluated on 100 sentences of 2 to 12 words."""
     root = tmp_path_factory.mktemp("tokens")
-    folder = bert_with_text(root, {"test": (48, 3)})
+    folder = bert_with_text(root, {"test": (100, 3)})  # > 64: verified in length groups
     build(BuildConfig(model=folder, out=root / "out", policy=UniformPolicy(4), seq=16, eval_data=str(root / "test.txt"),
                       verify_samples=8, simplify=False))
     return root / "out"
@@ -54,7 +54,7 @@ def test_bench_then_check_min_cosine_on_a_token_model(built: Path, capsys: pytes
     # build.json alone: the compressed-vs-dense agreement on the eval sentences
     code, out, err = check(round(eval_cosine - 0.01, 4), "out/build.json")
     finding = json.loads((built.parent / "check.json").read_text())["findings"][0]
-    assert code == 0 and finding["value"] == pytest.approx(eval_cosine) and "48 eval inputs" in finding["note"], err
+    assert code == 0 and finding["value"] == pytest.approx(eval_cosine) and "100 eval inputs" in finding["note"], err
     # with bench.json: the files' own outputs decide
     code, out, err = check(round(cosine - 0.01, 4), "out/build.json", "out/bench.json")
     finding = json.loads((built.parent / "check.json").read_text())["findings"][0]

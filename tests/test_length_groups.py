@@ -1,0 +1,88 @@
+"""Length-grouped passes over token data (edgecompress.length_groups): the same outputs as one padded
+pass, in the samples' order, on fewer columns; token-level outputs fall back to the padded pass."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from edgecompress.length_groups import padded_batches, run_grouped
+from edgecompress.spec import ModelIO, outputs_of, parse_input
+
+SEQ, VOCAB = 24, 30
+
+
+class Pooled(nn.Module):
+    """Embedding -> Linear -> masked mean (a sentence embedding), optionally the token states too."""
+
+    def __init__(self, tokens: bool) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed, self.proj, self.tokens = nn.Embedding(VOCAB, 8), nn.Linear(8, 8), tokens
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        h = torch.tanh(self.proj(self.embed(input_ids)))
+        m = attention_mask.unsqueeze(-1).float()
+        pooled = (h * m).sum(1) / m.sum(1).clamp(min=1)
+        return {"sentence_embedding": pooled, "token_embeddings": h} if self.tokens else {"sentence_embedding": pooled}
+
+
+def _io(tokens: bool) -> ModelIO:
+    io = ModelIO((parse_input(f"input_ids:batch=1,seq={SEQ}:int64:<{VOCAB}"),
+                  parse_input(f"attention_mask:batch=1,seq={SEQ}:int64")))
+    names = ("sentence_embedding", "token_embeddings") if tokens else ("sentence_embedding",)
+    return io.with_outputs(names, {n: "embedding" for n in names}, None)
+
+
+def _text_like(samples: int) -> dict[str, np.ndarray]:
+    """Sentences of 2 to 12 tokens and one of SEQ, padded to SEQ (as a text file is padded to its longest line)."""
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(2, 13, samples)
+    lengths[samples // 2] = SEQ
+    mask = (np.arange(SEQ) < lengths[:, None]).astype(np.int64)
+    return {"input_ids": rng.integers(1, VOCAB, (samples, SEQ)) * mask, "attention_mask": mask}
+
+
+def _recording(tokens: bool) -> tuple[Pooled, ModelIO, list[int], Callable[[dict[str, np.ndarray]], dict]]:
+    """The model, its io, the widths of the batches it ran on, and its run function."""
+    model, io, widths = Pooled(tokens).eval(), _io(tokens), []
+
+    def run(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        widths.append(batch["input_ids"].shape[1])
+        return outputs_of(model, batch, io)
+
+    return model, io, widths, run
+
+
+def test_grouped_pass_equals_the_padded_pass_on_fewer_columns() -> None:
+    (model, io, widths, run), x = _recording(False), _text_like(150)
+    grouped = run_grouped(run, x, io, size=32)
+    padded = outputs_of(model, x, io)
+    np.testing.assert_allclose(grouped["sentence_embedding"], padded["sentence_embedding"], atol=1e-5)
+    # 5 groups of 32 sorted by length: only the group holding the one long sentence runs at full width
+    assert len(widths) == 5 and widths == sorted(widths) and widths[-1] == SEQ and max(widths[:-1]) <= 12
+    # distillation's batches come from the same grouping
+    batches = padded_batches(x, io, 32, None)
+    assert [b["input_ids"].shape[1] for b in batches] == widths
+
+
+def test_token_level_outputs_and_few_samples_take_the_padded_pass() -> None:
+    (model, io, widths, run), x = _recording(True), _text_like(150)
+    out = run_grouped(run, x, io, size=32)
+    assert out["token_embeddings"].shape == (150, SEQ, 8) and widths[-1] == SEQ and len(widths) == 3
+    np.testing.assert_array_equal(out["token_embeddings"], outputs_of(model, x, io)["token_embeddings"])
+    widths.clear()
+    run_grouped(run, {k: v[:20] for k, v in x.items()}, io, size=32)
+    assert widths == [SEQ]
+
+
+@pytest.mark.parametrize("seed", [None, 3])
+def test_padded_batches_keep_every_sample_once(seed: int | None) -> None:
+    io, x = _io(False), _text_like(70)
+    batches = padded_batches(x, io, 16, seed)
+    ids = sorted(tuple(row[row > 0]) for b in batches for row in b["input_ids"])
+    assert ids == sorted(tuple(row[row > 0]) for row in x["input_ids"])
