@@ -180,7 +180,7 @@ def model_table(bench: Mapping[str, Any]) -> Table:
             ratio_cell(fmt_int(m.get("params")), ratios.get("params"), is_ref),
             delta_cell(m.get("accuracy"), ref.get("accuracy"), is_ref),
             delta_cell(m.get("macro_f1"), ref.get("macro_f1"), is_ref),
-            Cell(agreement_text(m)),
+            Cell(agreement_text(m) + ("" if m.get("seq") is None else f" at seq {m['seq']}")),  # first block's
             Cell(fmt_sci(m.get("max_abs_diff"))),
         ))
     headers = ("Model", "Format", "Size", "Params", "Accuracy", "Macro-F1", "Agreement", "Max abs diff")
