@@ -1,5 +1,6 @@
 """One figure per setup: test accuracy vs Linear parameters and vs ONNX file size, with the Pareto
-front (the most accurate model at each size or smaller) over every row."""
+front (the most accurate model at each size or smaller) over every row; for embedding pages, the
+mean cosine vs the Linear-parameter ratio per policy (``cosine_plot``)."""
 
 from __future__ import annotations
 
@@ -60,6 +61,28 @@ def plot(rows: Sequence[dict[str, Any]], path: Path, title: str) -> Path:
     fig.legend(handles, labels, fontsize=8, loc="center right")
     fig.suptitle(title)
     fig.tight_layout(rect=(0, 0, 0.86, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def cosine_plot(rows: Sequence[dict[str, Any]], path: Path, title: str) -> Path:
+    """Embedding pages: mean cosine with the dense model vs the Linear-parameter ratio, one line per
+    policy family (``family``), the dense model at (1, 1); written to ``path``."""
+    fig, ax = plt.subplots(figsize=(8, 5))
+    families = list(dict.fromkeys(r["family"] for r in rows))
+    for index, name in enumerate(families):
+        members = sorted((r for r in rows if r["family"] == name and r["cosine_mean"] is not None),
+                         key=lambda r: r["param_ratio"])
+        ax.plot([r["param_ratio"] for r in members], [r["cosine_mean"] for r in members], marker="os^DvPh<>"[index % 9],
+                color=COLORS[index % len(COLORS)], label=name, lw=1)
+    ax.scatter([1.0], [1.0], marker="*", s=160, color="black", label="dense", zorder=3)
+    ax.set_xlabel("Linear-parameter ratio (dense / compressed)")
+    ax.set_ylabel("mean cosine with dense embeddings (test)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title)
+    fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

@@ -4,6 +4,7 @@
     python benchmarks/run.py --dataset mnist --workers 2       # the reference MNIST MLP (long)
     python benchmarks/run.py --config my-sweep.toml            # any config whose [sweep] name is a setup
     python benchmarks/run.py --smoke --out /tmp/smoke          # benchmarks/sweeps/smoke.toml (CI)
+    python benchmarks/run.py --dataset minilm --workers 1      # all-MiniLM-L6-v2 embedding quality (long)
 
 What is measured is the checked-in sweep config beside the pages (benchmarks/sweeps/<dataset>.toml):
 1. ``edgecompress sweep`` builds and benchmarks every entry (Ray workers, resumable: a re-run skips
@@ -15,6 +16,11 @@ What is measured is the checked-in sweep config beside the pages (benchmarks/swe
    ``<model>_cpu-<n>core.{json,md,png}`` in ``--out`` (default ``benchmarks/results``).
 The dense model is trained once and cached in ~/.cache/edgecompress (``EDGECOMPRESS_CACHE``); the
 entries load that file (it replaces the config's ``model``, which names the default cache path).
+
+Embedding pages (``[sweep] name`` in EMBEDDING_PAGES: minilm) have no labels and no baselines: a
+prepare step (minilm_setup.py) writes the sentence files and the model link the config names into
+``<sweep out>/data``, the sweep runs, and embedding_page.py renders ``<name>-sweep_cpu-<n>core.{json,md,png}``
+(cosine with the dense embeddings vs the Linear-parameter ratio, per policy).
 """
 
 from __future__ import annotations
@@ -32,7 +38,9 @@ import click
 import torch
 
 import baselines
+import embedding_page
 import measure
+import minilm_setup
 import page
 import plots
 import report
@@ -48,7 +56,9 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 SWEEPS = HERE / "sweeps"
 SMOKE = "digits-smoke"  # [sweep] name of sweeps/smoke.toml: the digits setup trained for 5 epochs
-DATASETS = ("digits", "mnist", "fashion-mnist")
+DATASETS = ("digits", "mnist", "fashion-mnist", "minilm")
+EMBEDDING_PAGES = {"minilm": minilm_setup}  # [sweep] name -> its prepare module (missing(), prepare(folder), TITLE)
+PREPARED = "data"  # the prepare step's folder inside the sweep's out
 MNIST_IN_CONFIG = "../../../shared/datasets/mnist"  # how sweeps/mnist.toml names setups.MNIST_DIR
 
 
@@ -223,9 +233,82 @@ def run_page(config_path: Path, out: Path, *, workers: int | None, force: bool, 
     return not failed
 
 
+def run_embedding_page(config_path: Path, out: Path, *, workers: int | None, force: bool, setup: Any) -> bool:
+    """Prepare step, sweep and page of an embedding config; False when an entry failed. ``setup``
+    provides ``missing()``, ``prepare(folder)`` (-> the corpus record) and ``TITLE``."""
+    config = load_sweep(config_path)
+    reason = setup.missing()
+    if reason:
+        raise click.UsageError(f"{config.name}: {reason}")
+    load_before = uptime()
+    corpus = setup.prepare(config.out / PREPARED)
+    log(f"[{config.name}] inputs in {config.out / PREPARED}: "
+        + ", ".join(f"{k} {v['sentences']} ({v['sha256'][:12]})" for k, v in corpus["splits"].items()))
+    log(f"[{config.name}] sweep {config_path.name}: {len(config.entries)} entries -> {config.out}")
+    result = sweep(config, workers=workers, force=force, progress=progress)
+    if result["interrupted"]:
+        log(f"[{config.name}] the finished entries are kept in {config.out}")
+        raise KeyboardInterrupt
+    rows = embedding_page.rows(result, config.out)
+    if not rows:
+        log(f"[{config.name}] no entry finished: no page")
+        return False
+    failed = [{"entry": e["entry"], "error": e.get("error")} for e in result["entries"] if e.get("status") != "ok"]
+    record: dict[str, Any] = {
+        "schema": "edgecompress.benchmarks.embedding/1",
+        "title": f"{setup.TITLE}: post-training embedding quality vs Linear-parameter ratio",
+        "model": setup.TITLE,
+        "config": str(config_path.resolve().relative_to(HERE.parent)) if config_path.resolve().is_relative_to(
+            HERE.parent) else str(config_path),
+        "command": " ".join(["python benchmarks/run.py", *sys.argv[1:]]),
+        "cores": cores(),
+        "uptime": {"before": load_before, "after": uptime()},
+        "provenance": provenance.collect(),
+        "corpus": corpus,
+        "dense_linear_params": rows[0]["dense_linear_params"],
+        "sweep": {"counts": result["counts"], "wall_s": result["wall_s"], "ray": result["ray"], "failed": failed},
+        "rows": rows,
+    }
+    record["notes"] = [f"FAILED entry **{e['entry']}** — {e['error']} (no row)." for e in failed] + [
+        f"{r['entry']}: the sensitivity table was a disk-cache {r['table_cache']} (budget mode; a hit pays only the "
+        "search)." for r in rows if r["table_cache"]]
+    stem = f"{config.name}-sweep_cpu-{cores()}core"
+    out.mkdir(parents=True, exist_ok=True)
+    plot = plots.cosine_plot(rows, out / f"{stem}.png", f"{setup.TITLE}: mean cosine vs Linear-parameter ratio")
+    (out / f"{stem}.json").write_text(to_json_text(record))
+    (out / f"{stem}.md").write_text(embedding_page.markdown(record, plot.name))
+    log(f"[{config.name}] wrote {out / stem}.{{json,md,png}}")
+    return not failed
+
+
+def page_paths(dataset: str, mnist_dir: Path) -> list[Path]:
+    """The configs of ``--dataset``; with 'all', those whose data is here (the others are named, skipped)."""
+    chosen = DATASETS if dataset == "all" else (dataset,)
+    if dataset != "all":
+        return [SWEEPS / f"{name}.toml" for name in chosen]
+    available = setups(mnist_dir)
+    paths = []
+    for name in chosen:
+        reason = EMBEDDING_PAGES[name].missing() if name in EMBEDDING_PAGES else available[name].missing()
+        if reason:
+            log(f"[{name}] skipped: {reason}")
+        else:
+            paths.append(SWEEPS / f"{name}.toml")
+    return paths
+
+
+def run_config(path: Path, out: Path, *, workers: int | None, force: bool, names: list[str], mnist_dir: Path,
+               is_smoke: bool) -> bool:
+    """One page: an embedding page by its [sweep] name, else a classification setup's."""
+    name = load_sweep(path).name
+    if name in EMBEDDING_PAGES:
+        return run_embedding_page(path, out, workers=workers, force=force, setup=EMBEDDING_PAGES[name])
+    return run_page(path, out, workers=workers, force=force, names=names, mnist_dir=mnist_dir, is_smoke=is_smoke)
+
+
 @click.command(context_settings={"show_default": True})
 @click.option("--dataset", type=click.Choice([*DATASETS, "all"]), default="digits",
-              help="Run benchmarks/sweeps/<dataset>.toml; 'all' skips a setup whose data is absent.")
+              help="Run benchmarks/sweeps/<dataset>.toml; 'all' skips (and names) a setup whose data or model is absent.")
 @click.option("--config", "configs", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="A page's sweep config instead of --dataset (repeatable); its [sweep] name is the setup.")
 @click.option("--smoke", "smoke_run", is_flag=True,
@@ -246,6 +329,7 @@ def main(dataset: str, configs: tuple[Path, ...], smoke_run: bool, out: Path | N
       python benchmarks/run.py --dataset digits --workers 2
       python benchmarks/run.py --dataset mnist --mnist-dir ../shared/datasets/mnist
       python benchmarks/run.py --smoke --out /tmp/smoke --baselines magnitude
+      HF_HUB_OFFLINE=1 python benchmarks/run.py --dataset minilm --workers 1
     """
     names = [n.strip() for n in baseline_names.split(",") if n.strip()]
     unknown = [n for n in names if n not in baselines.BASELINES]
@@ -262,16 +346,14 @@ def main(dataset: str, configs: tuple[Path, ...], smoke_run: bool, out: Path | N
     elif configs:
         paths = list(configs)
     else:
-        chosen = DATASETS if dataset == "all" else (dataset,)
-        available = setups(mnist_dir)
-        paths = [SWEEPS / f"{name}.toml" for name in chosen if dataset != "all" or not available[name].missing()]
+        paths = page_paths(dataset, mnist_dir)
     torch.set_num_threads(1)  # the baselines' training and SVDs single-threaded: the machine is shared
     ok = True
     for path in paths:
         started = time.perf_counter()
         try:
-            ok &= run_page(path, out, workers=workers, force=force, names=names, mnist_dir=mnist_dir,
-                           is_smoke=smoke_run)
+            ok &= run_config(path, out, workers=workers, force=force, names=names, mnist_dir=mnist_dir,
+                             is_smoke=smoke_run)
         except EdgeCompressError as exc:  # a bad config or a missing Ray: one line, exit 2
             raise click.UsageError(str(exc).splitlines()[0]) from None
         except KeyboardInterrupt:  # the sweep's finished entries stay in its folder

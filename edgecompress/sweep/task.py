@@ -51,18 +51,32 @@ def summarize(record: dict[str, Any]) -> dict[str, Any]:
 
 def _bench(record: dict[str, Any], folder: Path, eval_data: str | None, threads: int,
            runs: int | None = None) -> dict[str, Any]:
-    """Benchmark the build's artifacts against its dense export; write bench.json; p50s for the row."""
+    """Benchmark the build's artifacts against its dense export; write bench.json; p50s for the row.
+    A text eval file (sentences for a token model) is not bench data: the bench then feeds seeded token
+    ids and prefix masks at the length the build traced (``input.input_shape``)."""
     from edgecompress.bench import run_benchmark, write_json
+    from edgecompress.hf import TEXT_SUFFIXES
 
     artifacts = record["artifacts"]
     reference = "dense" if "dense" in artifacts else "dense_tflite"
     roles = [reference] + [role for role in artifacts if role != reference]
     paths = [str(folder / artifacts[role]["path"]) for role in roles]
+    seq = None
+    if eval_data is not None and Path(eval_data).suffix.lower() in TEXT_SUFFIXES:
+        eval_data, seq = None, traced_seq(record)
     result = run_benchmark(paths, data=eval_data, batches=(record["options"].get("tflite_batch") or 1,),
-                           threads=threads, runs=runs, progress=False)
+                           threads=threads, runs=runs, seq=seq, progress=False)
     write_json(result, folder / "bench.json")
     p50 = {Path(str(r.get("model"))).name: (r.get("latency_ms") or {}).get("p50") for r in result.get("results", [])}
     return {f"{role}_p50_ms": p50.get(artifacts[role]["path"]) for role in roles}
+
+
+def traced_seq(record: dict[str, Any]) -> int | None:
+    """The length of the build's "seq" axis (None when no input has one)."""
+    for spec in record.get("input", {}).get("inputs", []):
+        if "seq" in spec.get("axes", ()):
+            return int(spec["shape"][list(spec["axes"]).index("seq")])
+    return None
 
 
 def write_entry(folder: Path, entry: Entry, row: dict[str, Any]) -> None:
