@@ -126,6 +126,8 @@ def test_page_rows_and_plot_come_from_the_sweep(benchmarks: types.ModuleType, tm
         assert -1 <= r["cosine_p5"] <= r["cosine_mean"] <= 1 + 1e-6
         assert 0 < r["onnx_bytes"] < r["dense_onnx_bytes"] and r["build_seconds"] > 0
     assert rows["svd-rank4"]["latency_p50_ratio"] > 0 and rows["whiten-rank4"]["latency_p50_ratio"] is None
+    built = json.loads((tmp_path / "sweep" / "entries" / "svd-rank4" / "build.json").read_text())
+    assert rows["svd-rank4"]["bench_seq"] == built["input"]["input_shape"][1]  # benched at the traced length
     assert record["corpus"]["splits"]["test"]["sentences"] == SIZES["test"]
     assert record["sweep"]["counts"]["done"] == 2 and not record["sweep"]["failed"]
     markdown = (out / f"{stem}.md").read_text()
