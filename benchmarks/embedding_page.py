@@ -69,7 +69,7 @@ def row(entry: Mapping[str, Any], folder: Path) -> dict[str, Any]:
         **{key: None if agreement.get(key) is None else round(agreement[key], 6) for key in ("cosine_mean", "cosine_p5")},
         "eval_samples": agreement.get("samples"),
         "dev_cosine": (search.get("result") or {}).get("value") if "min_cosine" in options else None,
-        "table_cache": search.get("table_cache"),
+        "table_cache": (search.get("table_cache") or {}).get("status"),  # budget mode: "hit" or "stored"
         "build_seconds": entry.get("seconds"), "compress_seconds": build.get("timings_s", {}).get("compress"),
         "onnx_bytes": artifacts["compressed"]["bytes"], "dense_onnx_bytes": artifacts["dense"]["bytes"],
         "latency_p50_ratio": latency, "bench_seq": traced_seq(build) if latency is not None else None,

@@ -270,8 +270,9 @@ def run_embedding_page(config_path: Path, out: Path, *, workers: int | None, for
         "rows": rows,
     }
     record["notes"] = [f"FAILED entry **{e['entry']}** — {e['error']} (no row)." for e in failed] + [
-        f"{r['entry']}: the sensitivity table was a disk-cache {r['table_cache']} (budget mode; a hit pays only the "
-        "search)." for r in rows if r["table_cache"]]
+        f"{r['entry']}: sensitivity table {'reused from disk (measured by an earlier entry)' if r['table_cache'] == 'hit' else 'measured (then stored)'}; "
+        "the cosine targets and the params targets measure different distortions, so each kind has its own table."
+        for r in rows if r["table_cache"]]
     stem = f"{config.name}-sweep_cpu-{cores()}core"
     out.mkdir(parents=True, exist_ok=True)
     plot = plots.cosine_plot(rows, out / f"{stem}.png", f"{setup.TITLE}: mean cosine vs Linear-parameter ratio")
