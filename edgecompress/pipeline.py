@@ -26,7 +26,7 @@ from edgecompress.export import quantize as int8_export
 from edgecompress.export import tflite as tflite_export
 from edgecompress.export.verify import (Tolerance, ort_runner, random_inputs, torch_outputs, verify_outputs,
                                         verify_samples)
-from edgecompress.length_groups import grouped_runner, run_grouped
+from edgecompress.length_groups import groupable, grouped_runner, run_grouped, trim
 from edgecompress.load import LoadedModel, infer_input_shape, load_model
 from edgecompress.lowrank.budget import Budget, budget_compress
 from edgecompress.lowrank.calibration import Calibration, calibrate, require_samples
@@ -417,11 +417,12 @@ def _compress_stage(config: BuildConfig, model: nn.Module, io: ModelIO, calib: D
 
 def sensitivity_inputs(model: nn.Module, inputs: Batch | None, io: ModelIO) -> dict[str, Any]:
     """budget_compress's inputs for the sensitivity table: an array (one-input models) or one batch of
-    named inputs (``sample``) when the model takes them as keyword arguments; none otherwise (the
-    threshold allocation then orders the plans)."""
+    named inputs (``sample``, its all-padding columns dropped) when the model takes them as keyword
+    arguments; none otherwise (the threshold allocation then orders the plans)."""
     if inputs is None or isinstance(inputs, np.ndarray):
         return {"inputs": inputs}
     sample = embed_io.named_batches(inputs, io, SENSITIVITY_BATCH)[0]
+    sample = trim(sample, io) if groupable(io) else sample
     return {"sample": sample} if embed_io.keyword_callable(model, sample) else {}
 
 

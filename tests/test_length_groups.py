@@ -86,3 +86,27 @@ def test_padded_batches_keep_every_sample_once(seed: int | None) -> None:
     batches = padded_batches(x, io, 16, seed)
     ids = sorted(tuple(row[row > 0]) for b in batches for row in b["input_ids"])
     assert ids == sorted(tuple(row[row > 0]) for row in x["input_ids"])
+
+
+def test_embeddings_run_in_length_groups_in_sample_order() -> None:
+    """embed_io.embeddings (--min-cosine search, distillation's held-out cosine) groups by length like
+    verification does: the padded pass's embeddings, same order, on narrower batches."""
+    from edgecompress.embed_io import NamedInputs, embeddings, named_batches
+    from edgecompress.lowrank.embedding import embed
+    from edgecompress.pipeline import sensitivity_inputs
+
+    model, io, x = Pooled(False).eval(), _io(False), _text_like(150)
+    widths: list[int] = []
+    model.embed.register_forward_hook(lambda _m, args, _out: widths.append(args[0].shape[1]))
+    grouped = embeddings(model, x, io, batch_size=32)
+    assert len(widths) == 5 and max(widths[:-1]) <= 12 and widths[-1] == SEQ
+    widths.clear()
+    padded = embed(NamedInputs(model, io).eval(), named_batches(x, io, 32), mask_key="attention_mask")
+    assert widths == [SEQ] * 5
+    assert grouped.shape == padded.shape == (150, 8)
+    assert float((grouped - padded).abs().max()) < 1e-5
+    # the order is the samples': each row is closest to its own padded row
+    assert (torch.cdist(grouped, padded).argmin(1) == torch.arange(150)).all()
+    # the budget's one-batch sensitivity sample drops its all-padding columns too (first 32 samples, all short)
+    sample = sensitivity_inputs(model, x, io)["sample"]
+    assert sample["input_ids"].shape == (32, int(x["attention_mask"][:32].sum(1).max()))
