@@ -502,21 +502,31 @@ def random_batch(io: ModelIO, samples: int, seed: int) -> Batch:
 
 
 def _verifications(path: Path, role: str, checks: list[Check], tolerances: list[Tolerance],
-                   io: ModelIO) -> list[dict[str, Any]]:
-    """Verify one artifact against its torch model's outputs on each check: one record per output."""
+                   io: ModelIO) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Verify one artifact against its torch model's outputs on each check: one record per output; and,
+    for a file of the compressed model, its agreement with the dense torch model (:func:`agreement`)."""
     runner = grouped_runner(_runner(path, io), io)  # the torch references' length groups (_reference_outputs)
-    return [record.to_json() for check, tolerance in zip(checks, tolerances)
-            for record in verify_outputs(path.name, runner, check.references[role], check.inputs,
-                                         check.description, tolerance, dict(io.output_kinds))]
+    records, outputs = [], []
+    for check, tolerance in zip(checks, tolerances):
+        out = runner(check.inputs)
+        outputs.append(out if isinstance(out, dict) else {next(iter(check.references[role])): out})
+        records += [record.to_json() for record in verify_outputs(
+            path.name, lambda _x: out, check.references[role], check.inputs, check.description, tolerance,
+            dict(io.output_kinds))]
+    return records, [] if role == "dense" else agreement(checks, io, outputs)
 
 
-def agreement(checks: list[Check], io: ModelIO) -> list[dict[str, Any]]:
-    """Compressed vs dense torch outputs on each check, by the quality output's kind (top-1, cosine, rel. error)."""
-    name = io.quality_output or next(iter(checks[0].references["dense"]))
+def agreement(checks: list[Check], io: ModelIO, outputs: list[dict[str, np.ndarray]] | None = None
+              ) -> list[dict[str, Any]]:
+    """Compressed vs dense torch outputs on each check, by the quality output's kind (top-1, cosine, rel. error);
+    ``outputs``: one file's outputs on each check instead of the compressed torch model's (checks without
+    dense outputs, e.g. static int8's calibration inputs, are left out)."""
+    name = io.quality_output or next(iter(checks[0].references["compressed"]))
     kind = io.output_kinds.get(name, "values")
+    candidates = outputs or [check.references["compressed"] for check in checks]
     return [{"inputs": check.description, "samples": len(check.references["dense"][name]), "output": name,
-             "kind": kind, **quality.agreement(check.references["dense"][name], check.references["compressed"][name], kind)}
-            for check in checks]
+             "kind": kind, **quality.agreement(check.references["dense"][name], candidate[name], kind)}
+            for check, candidate in zip(checks, candidates) if "dense" in check.references]
 
 
 def _export_verified(model: nn.Module, role: str, path: Path, config: BuildConfig, io: ModelIO,
@@ -543,10 +553,15 @@ def _export_verified(model: nn.Module, role: str, path: Path, config: BuildConfi
             if plan is not None:
                 onnx_export.check_factors_kept(path, plan, where=f"{path.name} (onnxsim)", other=other)
     with timings.stage(f"verify_{role}", progress):
-        verifications = _verifications(path, role, checks, [config.tolerance] * len(checks), io)
+        verifications, agrees = _verifications(path, role, checks, [config.tolerance] * len(checks), io)
     note = {"simplify_note": skipped} if skipped else {}
     return {"path": path.name, "format": "onnx", "exported": exported, "simplified": simplified, **note,
-            **onnx_export.onnx_facts(path), "verification": verifications}, raw
+            **onnx_export.onnx_facts(path), "verification": verifications, **_agreement_entry(agrees)}, raw
+
+
+def _agreement_entry(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """An artifact record's "agreement" (the file's outputs vs the dense torch model), when measured."""
+    return {"agreement": rows} if rows else {}
 
 
 def _write_onnx(model: nn.Module, io: ModelIO, path: Path, config: BuildConfig,
@@ -593,9 +608,9 @@ def _quantized_onnx(kind: str, compressed: nn.Module, plan: CompressionPlan, con
     agreement = config.int4_min_agreement if kind == "int4" else config.int8_min_agreement
     with timings.stage(f"verify_{bits}", progress):
         int8_checks, tolerances = _int8_checks(checks, static, config, io, compressed, agreement)
-        verifications = _verifications(path, "compressed", int8_checks, tolerances, io)
+        verifications, agrees = _verifications(path, "compressed", int8_checks, tolerances, io)
     return {"path": path.name, "format": "onnx", "quantization": scheme.to_json(), **onnx_export.onnx_facts(path),
-            "verification": verifications}
+            "verification": verifications, **_agreement_entry(agrees)}
 
 
 def _tflite_artifacts(dense: nn.Module, compressed: nn.Module, plan: CompressionPlan, config: BuildConfig,
@@ -627,9 +642,10 @@ def _tflite_artifacts(dense: nn.Module, compressed: nn.Module, plan: Compression
             else:
                 role_checks = [check for check in checks if not check.description.startswith(OTHER_SEQ)]  # fixed shapes
                 tolerances = [config.tolerance] * len(role_checks)
-            verifications = _verifications(path, source, role_checks, tolerances, io)
+            verifications, agrees = _verifications(path, source, role_checks, tolerances, io)
         artifacts[role] = {"path": filename, "format": "tflite", "fixed_batch": True, **extra,
-                           **tflite_export.tflite_facts(path), "verification": verifications}
+                           **tflite_export.tflite_facts(path), "verification": verifications,
+                           **_agreement_entry(agrees)}
     return artifacts
 
 

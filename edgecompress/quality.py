@@ -4,6 +4,7 @@ relative error for anything else. Numpy only."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -58,3 +59,11 @@ def describe(result: dict[str, Any]) -> str:
     if result["measure"] == "cosine":
         return f"cosine mean {result['cosine_mean']:.4f} (p5 {result['cosine_p5']:.4f})"
     return f"relative error {result['relative_error']:.4f}"
+
+
+def agreement_text(check: Mapping[str, Any]) -> str:
+    """"cosine mean 0.9991" for an embedding output's verification record, else "top-1 agreement 99.20%"/"n/a"."""
+    cosine, top1 = check.get("cosine_mean"), check.get("top1_agreement")
+    if isinstance(cosine, float):
+        return f"cosine mean {cosine:.4f}"
+    return f"top-1 agreement {'n/a' if not isinstance(top1, float) else f'{top1:.2%}'}"

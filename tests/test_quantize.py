@@ -21,7 +21,7 @@ from edgecompress.export.int4 import block_size_for, packed_bytes, quantize_mode
 from edgecompress.export.onnx import initializer_shapes
 from edgecompress.export.quantize import (INT4_MIN_AGREEMENT, INT8_MIN_AGREEMENT, check_quantized_factors, int8_checks,
                                           int8_tolerance, quantize_kinds, quantize_onnx, quantize_onnx_int4)
-from edgecompress.export.verify import ort_runner, verify
+from edgecompress.export.verify import ort_runner, verify, verify_outputs
 from edgecompress.lowrank.policies import UniformPolicy
 from edgecompress.models import digits_mlp, save_exported, train_classifier
 from edgecompress.pipeline import BuildConfig, BuildResult, build
@@ -87,6 +87,30 @@ def test_int8_checks_choose_inputs_and_bounds() -> None:
     assert [(d, t.min_agreement) for _, d, t in dynamic] == [("random", 0.0), ("eval", 0.97)]
     static = int8_checks([(random, "random"), (data, "eval")], calib, 0.97, samples=2)
     assert [(d, t.min_agreement, len(x)) for x, d, t in static] == [("calib", 0.97, 2), ("eval", 0.97, 4)]
+
+
+def test_int8_of_an_embedding_output_is_verified_by_mean_cosine() -> None:
+    """Embedding outputs: no top-1 over dimensions; the mean cosine to the fp32 model must reach the int8
+    bound on data inputs (not on random ones), next to the gross-error bound."""
+    rng = np.random.default_rng(0)
+    reference = rng.standard_normal((64, 16)).astype(np.float32)
+    reference[0, 0] = 100.0  # one large value: the gross-error bound (0.5 * max|fp32|) is 50
+    close = reference + 0.05 * rng.standard_normal(reference.shape).astype(np.float32)
+    turned = rng.standard_normal(reference.shape).astype(np.float32)  # unrelated directions, errors < 50
+    turned[0, 0] = 100.0
+    kinds = {"emb": "embedding"}
+
+    def check(outputs: np.ndarray, description: str) -> list:
+        tolerance = int8_tolerance(0.0 if description == "random" else 0.98)
+        return verify_outputs("x.int8.onnx", lambda _x: {"emb": outputs}, {"emb": reference}, reference, description,
+                              tolerance, kinds)
+
+    (good,) = check(close, "eval")
+    assert good.top1_agreement is None and 0.98 <= good.cosine_mean < 1 and "cosine mean 0.99" in good.line()
+    (random,) = check(turned, "random")
+    assert random.passed and random.cosine_mean < 0.5
+    with pytest.raises(VerificationError, match=r"cosine mean 0\.[0-4]\d* on 64 eval inputs .* min cosine 0\.9800"):
+        check(turned, "eval")
 
 
 def test_int8_verification_fails_on_a_wrong_scale(dynamic_build: BuildResult, tmp_path: Path) -> None:

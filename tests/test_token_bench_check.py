@@ -22,11 +22,11 @@ pytest.importorskip("transformers")
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The build folder of a rank-4 tiny BERT evaluated on 100 sentences of 2 to 12 words."""
+    """The build folder of a rank-4 tiny BERT evaluated on 100 sentences of 2 to 12 words, with an int8 file."""
     root = tmp_path_factory.mktemp("tokens")
     folder = bert_with_text(root, {"test": (100, 3)})  # > 64: verified in length groups
     build(BuildConfig(model=folder, out=root / "out", policy=UniformPolicy(4), seq=16, eval_data=str(root / "test.txt"),
-                      verify_samples=8, simplify=False))
+                      verify_samples=8, simplify=False, quantize="int8"))
     return root / "out"
 
 
@@ -62,6 +62,41 @@ def test_bench_then_check_min_cosine_on_a_token_model(built: Path, capsys: pytes
     code, out, err = check(1.0, "out/build.json", "out/bench.json")
     assert code == 1 and err.strip().splitlines() == [f"error: 1 budget check failed: out/bert.onnx mean cosine "
                                                       f"{cosine:.4f} (limit ≥ 1.0000)"]
+
+
+def test_every_compressed_file_reports_its_cosine_to_dense(built: Path, capsys: pytest.CaptureFixture[str],
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """build.json records each compressed file's own cosine to the dense torch model (the int8 one too), one
+    line per file is printed, int8 of an embedding output is verified by cosine, and check's min_cosine reads
+    the int8 file's cosine from build.json alone."""
+    from edgecompress.cli.build_view import agreement_lines
+
+    record = json.loads((built / "build.json").read_text())
+    artifacts = record["artifacts"]
+    assert "agreement" not in artifacts["dense"]
+    torch_eval = next(a for a in record["agreement"] if a["inputs"] == "eval")
+    evals = {}
+    for role in ("compressed", "int8"):  # (int8 leaves out the second-length inputs: the fp32 file proved them)
+        rows = {row["inputs"]: row for row in artifacts[role]["agreement"]}
+        assert {"random", "eval"} <= set(rows) and rows["eval"]["samples"] == 100
+        evals[role] = rows["eval"]
+        assert rows["eval"]["measure"] == "cosine" and -1 <= rows["eval"]["cosine_p5"] <= rows["eval"]["cosine_mean"] <= 1
+    # the fp32 file computes what the compressed torch model computes
+    assert evals["compressed"]["cosine_mean"] == pytest.approx(torch_eval["cosine_mean"], abs=1e-4)
+    int8_eval = next(v for v in artifacts["int8"]["verification"] if v["inputs"] == "eval")
+    assert int8_eval["top1_agreement"] is None and int8_eval["tolerance"]["min_agreement"] == 0.98
+    assert 0.98 <= int8_eval["cosine_mean"] <= 1
+    lines = agreement_lines(record)
+    assert [line.split(" vs dense")[0] for line in lines[-2:]] == ["bert.onnx", "bert.int8.onnx"]
+    assert "on 100 eval inputs: cosine mean" in lines[-1]
+    monkeypatch.chdir(built.parent)
+    int8_cosine = evals["int8"]["cosine_mean"]
+    budgets = built.parent / "int8.toml"
+    budgets.write_text(f'[budgets."out/bert.int8.onnx"]\nmin_cosine = {round(int8_cosine - 0.01, 4)}\n')
+    code, out, err = _run(["check", "out/build.json", "--config", str(budgets), "--json", "int8.json"], capsys)
+    finding = json.loads((built.parent / "int8.json").read_text())["findings"][0]
+    assert code == 0 and finding["value"] == pytest.approx(int8_cosine), err
+    assert finding["note"] == "build.json: bert.int8.onnx vs dense torch model, 100 eval inputs"
 
 
 def test_bench_several_sequence_lengths_in_one_run(built: Path, capsys: pytest.CaptureFixture[str]) -> None:

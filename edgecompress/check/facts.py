@@ -243,7 +243,7 @@ def _from_build(path: Path, data: dict[str, Any]) -> list[ArtifactFacts]:
         if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
             raise InputError(f"{display(path)}: artifact {role!r} has no 'path'")
         resolved[role] = Path(os.path.normpath(folder / entry["path"]))
-    cosine = _build_cosine(data.get("agreement"))
+    cosine = _build_cosine(data.get("agreement"), "compressed vs dense torch model")
     out = []
     for role, entry in artifacts.items():
         target = resolved[role]
@@ -256,20 +256,22 @@ def _from_build(path: Path, data: dict[str, Any]) -> list[ArtifactFacts]:
             path=target, format=fmt, role=str(role), bytes=_int(entry.get("bytes")),
             params=_int(entry.get("params")), ops=_ops(entry.get("ops")), accuracy=accuracy,
             reference=reference if reference != target else None, sources=[display(path)],
-            **(cosine if role == "compressed" else {})))
+            **(_build_cosine(entry.get("agreement"), f"{entry['path']} vs dense torch model")
+               or (cosine if role == "compressed" else {}))))
     return out
 
 
-def _build_cosine(agreement: Any) -> dict[str, Any]:
-    """The compressed model's cosine to the dense model from build.json's "agreement" (torch outputs on the
-    verification inputs): on the --eval data when it was given, else on the first (random) inputs."""
+def _build_cosine(agreement: Any, what: str) -> dict[str, Any]:
+    """A cosine to the dense model from a build.json "agreement" list: the top-level one (compressed vs
+    dense torch outputs) or an artifact's (the file's own outputs, e.g. int8); on the --eval data when it
+    was given, else on the first (random) inputs."""
     rows = [a for a in agreement if isinstance(a, dict) and _num(a.get("cosine_mean")) is not None] \
         if isinstance(agreement, list) else []
     if not rows:
         return {}
     row = next((a for a in rows if a.get("inputs") == "eval"), rows[0])
     return {"cosine_mean": float(row["cosine_mean"]), "cosine_p5": _num(row.get("cosine_p5")),
-            "cosine_from": f"build.json: compressed vs dense torch model, {row.get('samples')} {row.get('inputs')} inputs"}
+            "cosine_from": f"build.json: {what}, {row.get('samples')} {row.get('inputs')} inputs"}
 
 
 def _bench_path(raw: str, bench_dir: Path, cwd: Path) -> Path:

@@ -171,8 +171,8 @@ HELP_GROUPS = (
               help="Also write quantized files; one or a list of: int8 (<name>.int8.onnx weight-only dynamic, "
                    "<name>.int8.tflite dynamic range), int8-static (the same names, activations too, needs --calib), "
                    "int4 (<name>.int4.onnx, 4-bit block-wise weights, ONNX only). E.g. --quantize int8,int4.")
-@click.option("--int8-agreement", type=float, default=0.98, help="int8: min top-1 agreement with the fp32 model on data inputs.")
-@click.option("--int4-agreement", type=float, default=0.95, help="int4: min top-1 agreement with the fp32 model on data inputs.")
+@click.option("--int8-agreement", type=float, default=0.98, help="int8: min top-1 agreement (embedding outputs: mean cosine) with the fp32 model on data inputs.")
+@click.option("--int4-agreement", type=float, default=0.95, help="int4: min top-1 agreement (embedding outputs: mean cosine) with the fp32 model on data inputs.")
 @click.option("--batch", type=int, default=1, help="TFLite: batch size fixed in the .tflite at conversion.")
 @click.option("--seed", type=int, default=0, help="Seed for random inputs and training.")
 @click.option("--json", "json_out", default=None, help="Write build.json's content to FILE ('-' for stdout).")

@@ -9,6 +9,7 @@ from typing import Any
 from rich.table import Table
 
 from edgecompress.cli.console import console, human_bytes, stdout
+from edgecompress.quality import agreement_text
 
 
 def _pct(value: float | None) -> str:
@@ -52,21 +53,28 @@ def verification_lines(record: dict[str, Any]) -> list[str]:
     lines = []
     for artifact in record["artifacts"].values():
         for check in artifact.get("verification", []):
-            agreement = check.get("top1_agreement")
-            agreement_text = "n/a" if agreement is None else f"{agreement:.2%}"
             where = f" [{check['output']}]" if check.get("output") else ""
             lines.append(f"{'✓' if check['passed'] else '✗'} {check['artifact']}{where}: max abs err "
-                         f"{check['max_abs_error']:.2e}, top-1 agreement {agreement_text} "
+                         f"{check['max_abs_error']:.2e}, {agreement_text(check)} "
                          f"({check['samples']} {check['inputs']} inputs)")
     return lines
 
 
 def agreement_lines(record: dict[str, Any]) -> list[str]:
-    """Compressed vs dense torch outputs: what compression did (verification only proves the export)."""
+    """Compressed vs dense torch outputs: what compression did (verification only proves the export); then
+    one line per written file of the compressed model (its own outputs vs the dense torch model's, on the
+    eval inputs when given, else its first verification inputs)."""
     from edgecompress.quality import describe
 
-    return [f"compressed vs dense [{line['output']}] on {line['samples']} {line['inputs']} inputs: {describe(line)}"
-            for line in record.get("agreement", [])]
+    lines = [f"compressed vs dense [{line['output']}] on {line['samples']} {line['inputs']} inputs: {describe(line)}"
+             for line in record.get("agreement", [])]
+    for artifact in record["artifacts"].values():
+        rows = artifact.get("agreement") or []
+        row = next((r for r in rows if r["inputs"] == "eval"), rows[0] if rows else None)
+        if row is not None:
+            lines.append(f"{artifact['path']} vs dense [{row['output']}] on {row['samples']} {row['inputs']} inputs: "
+                         f"{describe(row)}")
+    return lines
 
 
 def dense_weight_notes(record: dict[str, Any]) -> list[str]:

@@ -17,6 +17,7 @@ from torch import nn
 
 from edgecompress.errors import VerificationError
 from edgecompress.bench.metrics import is_classifier_output, max_abs_diff, top1_agreement
+from edgecompress.quality import agreement_text, cosine_rows
 from edgecompress.spec import Batch, ModelIO, num_samples, outputs_of, slice_inputs
 
 Runner = Callable[[Batch], "np.ndarray | dict[str, np.ndarray]"]
@@ -26,7 +27,8 @@ MIN_VERIFY_SAMPLES = 8
 
 @dataclass(frozen=True)
 class Tolerance:
-    """Pass when max|a-b| <= atol + rtol * max|b| and top-1 agreement >= min_agreement."""
+    """Pass when max|a-b| <= atol + rtol * max|b| and the agreement >= min_agreement: top-1 agreement for
+    class outputs, mean cosine similarity for embedding outputs."""
 
     atol: float = 1e-4
     rtol: float = 1e-3
@@ -46,6 +48,7 @@ class Verification:
     inputs: str
     tolerance: dict[str, float]
     output: str | None = None  # the output's name when the model has several
+    cosine_mean: float | None = None  # embedding outputs: mean cosine similarity to torch's (rows = last axis)
 
     def to_json(self) -> dict[str, object]:
         return asdict(self)
@@ -53,10 +56,10 @@ class Verification:
     def line(self) -> str:
         """One ✓/✗ line for the terminal."""
         mark = "✓" if self.passed else "✗"
-        agreement = "n/a" if self.top1_agreement is None else f"{self.top1_agreement:.2%}"
         where = f" [{self.output}]" if self.output else ""
         return (f"{mark} {self.artifact}{where}: max abs err {self.max_abs_error:.2e}, rel {self.max_rel_error:.2e}, "
-                f"top-1 agreement {agreement} on {self.samples} {self.inputs} inputs")
+                f"{agreement_text(self.to_json())} on {self.samples} {self.inputs} inputs")
+
 
 
 def torch_outputs(model: nn.Module, inputs: Batch, batch_size: int = 1024, io: ModelIO | None = None) -> np.ndarray:
@@ -157,12 +160,14 @@ def _compare(artifact: str, outputs: np.ndarray, reference: np.ndarray, samples:
     rel_err = abs_err / scale if scale > 0 else 0.0
     classes = kind == "logits" if kind is not None else is_classifier_output(reference)
     agreement = top1_agreement(outputs, reference) if classes else None
+    cosine = float(cosine_rows(outputs, reference).mean()) if kind == "embedding" and reference.size else None
     bound = tolerance.atol + tolerance.rtol * scale
-    passed = bool(np.isfinite(outputs).all() and abs_err <= bound
-                  and (agreement is None or agreement >= tolerance.min_agreement))
+    agrees = [value >= tolerance.min_agreement for value in (agreement, cosine) if value is not None]
+    passed = bool(np.isfinite(outputs).all() and abs_err <= bound and all(agrees))
     result = Verification(artifact, passed, abs_err, rel_err, agreement, samples, description, asdict(tolerance),
-                          output)
+                          output, cosine)
     if not passed:
         raise VerificationError(result.line() + f" — exceeds tolerance (max abs err bound {bound:.2e}, "
-                                f"min agreement {tolerance.min_agreement:.1%})")
+                                + (f"min cosine {tolerance.min_agreement:.4f})" if cosine is not None
+                                   else f"min agreement {tolerance.min_agreement:.1%})"))
     return result
