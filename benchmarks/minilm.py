@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -96,7 +97,7 @@ class Bench:
         self.texts = minilm_corpus.splits(*sizes)
         self.test = batches_of(self.tokenizer, self.texts["test"], 32)
         self.dev = batches_of(self.tokenizer, self.texts["dev"], 32)
-        self.train = batches_of(self.tokenizer, self.texts["train"], 16, by_length=False)
+        self.train = batches_of(self.tokenizer, self.texts["train"], 16)  # grouped by length, as build --distill
         self.calib_texts = self.texts["train"][:128 if quick else 512]
         self.spectra = model_spectra(self.model, EXCLUDE)
         self._calibration: Any = None
@@ -215,8 +216,8 @@ def curve(bench: Bench, quick: bool, rows_kind: str = "all", fractions: tuple[fl
 
 
 def distilled(bench: Bench, quick: bool, steps: int, minutes: float, recipe: dict[str, Any],
-              refit: bool = True, start: Path | None = None, keep_start: Path | None = None) -> tuple[nn.Module,
-                                                                                                    dict[str, Any]]:
+              refit: bool = True, start: Path | None = None, keep_start: Path | None = None,
+              threads: int = 1) -> tuple[nn.Module, dict[str, Any]]:
     """The 2x model (sensitivity allocation, then the sequential refit), then label-free distillation.
 
     ``keep_start`` saves the model distillation starts from (torch.save of the module) and ``start``
@@ -232,7 +233,7 @@ def distilled(bench: Bench, quick: bool, steps: int, minutes: float, recipe: dic
     before = bench.point("budget (sensitivity)" + (" + refit" if refit else ""), "target-params 0.5", model, plan,
                          seconds)
     settings = DistillSettings(steps=20 if quick else steps, eval_every=10 if quick else 25,
-                               max_seconds=minutes * 60, threads=1, seed=0, **recipe)
+                               max_seconds=minutes * 60, threads=threads, seed=0, **recipe)
     result = distill(model, bench.model, bench.train, bench.dev, settings, progress=True, log=bench.log)
     after = bench.point("distilled (label-free)", f"{result.steps_done} steps", model, plan, result.seconds)
     wall = time.perf_counter() - started
@@ -306,6 +307,19 @@ def latency(bench: Bench, compressed: nn.Module, seconds: float, folder: Path) -
     return out
 
 
+def history_table(history: list[dict[str, Any]], rows: int = 12) -> list[str]:
+    """The dev (held-out) cosine along the distillation: at most ``rows`` evaluations, the last included."""
+    if len(history) < 2:
+        return []
+    every = max(1, math.ceil(len(history) / rows))
+    picked = history[::every] + ([history[-1]] if (len(history) - 1) % every else [])
+    lines = ["Dev-split cosine along the run (CPU s: this process's CPU time, ~ wall time on an idle core):", "",
+             "| step | wall s | CPU s | dev mean cos | dev 5th pct |", "|---|---|---|---|---|"]
+    lines += [f"| {r['step']} | {r['seconds']} | {r['cpu_seconds']} | {r['held_out_cosine']:.4f} | "
+              f"{r['held_out_cosine_p5']:.4f} |" for r in picked]
+    return lines + [""]
+
+
 def markdown(result: dict[str, Any], command: str) -> str:
     lines = ["# all-MiniLM-L6-v2: compression quality, label-free distillation, ONNX latency", "",
              f"Command: `{command}`", "",
@@ -330,6 +344,7 @@ def markdown(result: dict[str, Any], command: str) -> str:
                   f"{d['after']['param_ratio']:.2f}x | {d['after']['cosine_mean']:.4f} | {d['after']['cosine_p5']:.4f} |",
                   "", f"Distillation {d['distill']['seconds']} s; calibration + compression + distillation "
                   f"{d['wall_seconds_compress_and_distill']} s wall; load during {d['load_during']}.", ""]
+        lines += history_table(d["distill"]["history"])
     if "latency" in result:
         lines += ["## ONNX latency, batch 1, 1 thread (interleaved, edgecompress.bench)", "",
                   "| seq | file | bytes | p50 ms | test cos vs dense torch |", "|---|---|---|---|---|"]
@@ -355,6 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--distill-minutes", type=float, default=12.0, help="stop distilling after this long")
     parser.add_argument("--distill-lr", type=float, default=3e-4)
     parser.add_argument("--distill-warmup", type=int, default=10)
+    parser.add_argument("--distill-threads", type=int, default=1, help="torch threads of the distillation")
     parser.add_argument("--hidden-weight", type=float, default=1.0, help="distillation: per-layer hidden-state loss")
     parser.add_argument("--dropout", action=argparse.BooleanOptionalAction, default=True,
                         help="distill the student with dropout on (training mode)")
@@ -407,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
                   "hidden_weight": args.hidden_weight, "dropout": args.dropout}
         compressed, bench.result["distill"] = distilled(bench, args.quick, args.distill_steps, args.distill_minutes,
                                                         recipe, refit=not args.no_refit, start=args.start,
-                                                        keep_start=args.keep_start)
+                                                        keep_start=args.keep_start, threads=args.distill_threads)
         save()
     if "latency" in sections and compressed is not None:
         log("ONNX latency:")

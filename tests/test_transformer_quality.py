@@ -179,6 +179,20 @@ def test_distillation_is_deterministic_for_a_seed() -> None:
     assert torch.equal(runs[0], runs[1])
 
 
+def test_time_capped_distillation_anneals_by_the_clock() -> None:
+    """Under max_seconds the decay follows elapsed time too: a run stopped by the clock ends at the
+    final rate, whatever fraction of its steps it reached; without a cap the schedule is by steps."""
+    from edgecompress.lowrank.distill import _lr_factor
+
+    capped = DistillSettings(steps=1000, warmup=10, final_lr_fraction=0.1, max_seconds=60.0)
+    uncapped = DistillSettings(steps=1000, warmup=10, final_lr_fraction=0.1)
+    assert _lr_factor(100, capped, elapsed=60.0) == pytest.approx(0.1)  # 10% of the steps, all of the time
+    assert _lr_factor(100, capped, elapsed=30.0) == pytest.approx(0.55)  # half the time: halfway down the cosine
+    assert _lr_factor(100, uncapped, elapsed=60.0) == _lr_factor(100, uncapped) > 0.9
+    assert _lr_factor(1000, capped, elapsed=1.0) == pytest.approx(0.1)  # the step count still ends it
+    assert _lr_factor(4, capped, elapsed=59.0) == pytest.approx(0.5)  # warm-up is by steps
+
+
 @pytest.mark.parametrize("allocation", ["threshold", "sensitivity"])
 def test_cosine_budget_meets_its_target(allocation: str) -> None:
     model = make_encoder(layers=2)

@@ -37,7 +37,7 @@ class DistillSettings:
 
     steps: int = 600
     lr: float = 1e-4
-    warmup: int = 20  # linear warm-up steps, then cosine decay to ``final_lr_fraction * lr``
+    warmup: int = 20  # linear warm-up steps, then cosine decay to ``final_lr_fraction * lr`` (see _lr_factor)
     final_lr_fraction: float = 0.1
     token_weight: float = 1.0
     cosine_weight: float = 1.0
@@ -158,11 +158,27 @@ def trainable_parameters(model: nn.Module, trainable: str) -> list[nn.Parameter]
     return chosen
 
 
-def _lr_factor(step: int, settings: DistillSettings) -> float:
+class _Clock:
+    """Training time so far (set by the loop), so a time-capped run can anneal by time."""
+
+    def __init__(self) -> None:
+        self.elapsed = 0.0
+
+
+def _lr_factor(step: int, settings: DistillSettings, elapsed: float = 0.0) -> float:
+    """Linear warm-up, then cosine decay over the run.
+
+    The run's progress is the larger of its step fraction and, under ``max_seconds``, its time
+    fraction: a run stopped by the clock ends annealed instead of at a barely decayed rate (which
+    loses most of what the last steps could give). The time part makes a capped run's schedule
+    depend on the machine's speed; without ``max_seconds`` it is purely step-based.
+    """
     if step < settings.warmup:
         return (step + 1) / settings.warmup
     span = max(settings.steps - settings.warmup, 1)
     progress = min((step - settings.warmup) / span, 1.0)
+    if settings.max_seconds:
+        progress = max(progress, min(elapsed / settings.max_seconds, 1.0))
     low = settings.final_lr_fraction
     return low + (1 - low) * 0.5 * (1 + math.cos(math.pi * progress))
 
@@ -195,13 +211,14 @@ def distill(student: nn.Module, teacher: nn.Module, train: Sequence[Batch], held
         reference = embed(teacher, list(held_out), mask_key=settings.mask_key)
         parameters = trainable_parameters(student, settings.trainable)
         optimizer = torch.optim.Adam(parameters, lr=settings.lr)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(step, settings))
+        clock = _Clock()
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(step, settings, clock.elapsed))
         result = DistillResult(student, settings)
         _evaluate(student, held_out, reference, result, 0, 0.0, settings, log)
         started, cpu_started = time.perf_counter(), time.process_time()
         try:
-            _train(student, train, targets, held_out, reference, parameters, optimizer, scheduler, generator, result,
-                   settings, progress, log)
+            _train(student, train, targets, held_out, reference, parameters, optimizer, scheduler, clock, generator,
+                   result, settings, progress, log)
         except KeyboardInterrupt:  # the step-0 evaluation above always left a best state
             result.interrupted = True
             if log:
@@ -218,7 +235,7 @@ def distill(student: nn.Module, teacher: nn.Module, train: Sequence[Batch], held
 
 def _train(student: nn.Module, train: Sequence[Batch], targets: list[Any], held_out: Sequence[Batch],
            reference: torch.Tensor, parameters: list[nn.Parameter], optimizer: torch.optim.Optimizer, scheduler: Any,
-           generator: torch.Generator, result: DistillResult, settings: DistillSettings, progress: bool,
+           clock: _Clock, generator: torch.Generator, result: DistillResult, settings: DistillSettings, progress: bool,
            log: Log | None) -> None:
     """The training loop of :func:`distill` (each evaluation keeps the best state in ``result``)."""
     started, cpu_started = time.perf_counter(), time.process_time()
@@ -240,10 +257,10 @@ def _train(student: nn.Module, train: Sequence[Batch], targets: list[Any], held_
             if settings.clip > 0:
                 nn.utils.clip_grad_norm_(parameters, settings.clip)
             optimizer.step()
+            elapsed = clock.elapsed = time.perf_counter() - started
             scheduler.step()
             losses.append(float(loss.detach()))
             result.steps_done = step
-            elapsed = time.perf_counter() - started
             out_of_time = settings.max_seconds is not None and elapsed >= settings.max_seconds
             if step % settings.eval_every == 0 or step == settings.steps or out_of_time:
                 mean_loss = sum(losses) / len(losses)
