@@ -164,7 +164,7 @@ HELP_GROUPS = (
                    "one-input data; labels ignored). The best state on a held-out 10% is kept; Ctrl-C stops early "
                    "and keeps it.")
 @click.option("--distill-steps", type=int, default=600, help="Distillation: max training steps (batches).")
-@click.option("--distill-minutes", type=float, default=None, help="Distillation: max minutes of training.")
+@click.option("--distill-minutes", type=float, default=None, help="Distillation: max minutes of training (the learning-rate decay then follows the clock too).")
 @click.option("--distill-lr", type=float, default=1e-4, help="Distillation: peak learning rate (Adam, cosine decay).")
 @click.option("--distill-batch", type=int, default=16, help="Distillation: samples per step.")
 @click.option("--quantize", default=None, metavar="KINDS",
