@@ -13,7 +13,8 @@ Sections:
   curve    post-training: uniform / energy (plain SVD), whitened uniform / whitened energy /
            ``data`` (activation-whitened, SVD-LLM), and budget mode (whitened factors, per-layer
            ranks by measured sensitivity, "largest compression with dev mean cosine >= X")
-  distill  a 2x model (budget: target-params 0.5, sensitivity allocation) distilled without labels
+  distill  a 2x model (budget: target-params 0.5, sensitivity allocation; --distill-params sets the
+           fraction) distilled without labels
   latency  ONNX fp32 batch-1 single-thread latency of the dense and the distilled 2x model at seq 32
            and 128, interleaved in one edgecompress.bench run, and int8 (dynamic) of both
 
@@ -217,8 +218,9 @@ def curve(bench: Bench, quick: bool, rows_kind: str = "all", fractions: tuple[fl
 
 def distilled(bench: Bench, quick: bool, steps: int, minutes: float, recipe: dict[str, Any],
               refit: bool = True, start: Path | None = None, keep_start: Path | None = None,
-              threads: int = 1) -> tuple[nn.Module, dict[str, Any]]:
-    """The 2x model (sensitivity allocation, then the sequential refit), then label-free distillation.
+              threads: int = 1, fraction: float = 0.5) -> tuple[nn.Module, dict[str, Any]]:
+    """The budget model at ``fraction`` of the Linear params (sensitivity allocation, then the sequential
+    refit), then label-free distillation.
 
     ``keep_start`` saves the model distillation starts from (torch.save of the module) and ``start``
     loads one instead of compressing, so several recipes can start from one compression.
@@ -227,10 +229,10 @@ def distilled(bench: Bench, quick: bool, steps: int, minutes: float, recipe: dic
     if start is not None:
         model, plan, record, seconds = torch.load(start, weights_only=False)  # a file this script wrote
     else:
-        model, plan, record, seconds = bench.budget_model(Budget(target_params=0.5), refit=refit)
+        model, plan, record, seconds = bench.budget_model(Budget(target_params=fraction), refit=refit)
     if keep_start is not None:
         torch.save((model, plan, record, seconds), keep_start)
-    before = bench.point("budget (sensitivity)" + (" + refit" if refit else ""), "target-params 0.5", model, plan,
+    before = bench.point("budget (sensitivity)" + (" + refit" if refit else ""), f"target-params {fraction}", model, plan,
                          seconds)
     settings = DistillSettings(steps=20 if quick else steps, eval_every=10 if quick else 25,
                                max_seconds=minutes * 60, threads=threads, seed=0, **recipe)
@@ -336,7 +338,7 @@ def markdown(result: dict[str, Any], command: str) -> str:
         lines.append("")
     if "distill" in result:
         d = result["distill"]
-        lines += ["## Label-free distillation of the 2x model", "",
+        lines += [f"## Label-free distillation of the {d['before']['param_ratio']:.2f}x model", "",
                   "| stage | ratio | mean cos | 5th pct |", "|---|---|---|---|",
                   f"| before: {d['before']['family']} | {d['before']['param_ratio']:.2f}x | {d['before']['cosine_mean']:.4f} "
                   f"| {d['before']['cosine_p5']:.4f} |",
@@ -370,6 +372,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--distill-minutes", type=float, default=12.0, help="stop distilling after this long")
     parser.add_argument("--distill-lr", type=float, default=3e-4)
     parser.add_argument("--distill-warmup", type=int, default=10)
+    parser.add_argument("--distill-params", type=float, default=0.5,
+                        help="distill: the budget's Linear-parameter fraction (0.5: the 2x model)")
     parser.add_argument("--distill-threads", type=int, default=1, help="torch threads of the distillation")
     parser.add_argument("--hidden-weight", type=float, default=1.0, help="distillation: per-layer hidden-state loss")
     parser.add_argument("--dropout", action=argparse.BooleanOptionalAction, default=True,
@@ -423,7 +427,8 @@ def main(argv: list[str] | None = None) -> int:
                   "hidden_weight": args.hidden_weight, "dropout": args.dropout}
         compressed, bench.result["distill"] = distilled(bench, args.quick, args.distill_steps, args.distill_minutes,
                                                         recipe, refit=not args.no_refit, start=args.start,
-                                                        keep_start=args.keep_start, threads=args.distill_threads)
+                                                        keep_start=args.keep_start, threads=args.distill_threads,
+                                                        fraction=args.distill_params)
         save()
     if "latency" in sections and compressed is not None:
         log("ONNX latency:")
