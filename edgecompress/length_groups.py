@@ -55,7 +55,11 @@ def padded_batches(x: Batch, io: ModelIO, size: int, seed: int | None) -> list[d
     length and each batch drops its all-padding tail columns. ``seed``: shuffle before grouping
     (training), None: keep the order (held-out)."""
     named = as_inputs(x, io)
-    order = length_order(named, io, seed)
+    return _batches(named, length_order(named, io, seed), io, size)
+
+
+def _batches(named: Mapping[str, np.ndarray], order: np.ndarray, io: ModelIO, size: int) -> list[dict[str, np.ndarray]]:
+    """``named`` cut into batches of ``size`` samples in ``order``, each trimmed when the model has a mask."""
     batches = [{name: array[order[start:start + size]] for name, array in named.items()}
                for start in range(0, len(order), size)]
     return [trim(batch, io) for batch in batches] if io.mask_name is not None else batches
@@ -72,8 +76,7 @@ def run_grouped(run: Callable[[Batch], Outputs], x: Batch, io: ModelIO, size: in
         return run(x)
     named = as_inputs(x, io)
     order = length_order(named, io, None)
-    groups = [trim({name: array[order[start:start + size]] for name, array in named.items()}, io)
-              for start in range(0, len(order), size)]
+    groups = _batches(named, order, io, size)
     if len({group[io.mask_name].shape[1] for group in groups}) < 2:
         return run(x)  # one length: a length-dependent output could not be told apart by its shape
     parts: list[Outputs] = []

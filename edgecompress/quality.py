@@ -67,3 +67,8 @@ def agreement_text(check: Mapping[str, Any]) -> str:
     if isinstance(cosine, float):
         return f"cosine mean {cosine:.4f}"
     return f"top-1 agreement {'n/a' if not isinstance(top1, float) else f'{top1:.2%}'}"
+
+
+def preferred_agreement(rows: list[Mapping[str, Any]]) -> Mapping[str, Any] | None:
+    """Of a build's agreement rows (one per input set), the one on the --eval data, else the first."""
+    return next((row for row in rows if row.get("inputs") == "eval"), rows[0] if rows else None)

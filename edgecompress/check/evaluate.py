@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from edgecompress.check.config import Budget, CheckConfig
-from edgecompress.check.facts import ArtifactFacts, Block, FactSet, _order, block_key, display
+from edgecompress.check.facts import ArtifactFacts, Block, FactSet, block_key, block_order, display
 from edgecompress.check.units import format_count, format_size
 
 Status = Literal["pass", "fail", "warn", "skip"]
@@ -317,7 +317,7 @@ class _BudgetRows:
                             value_text=f"{drop:.2f} pt", limit_text=limit_text, note=note)
 
     def bench_note(self) -> str:
-        blocks = sorted(set(self.a.latency_ms) | set(self.a.peak_rss_mib), key=lambda b: _order((b, None)))
+        blocks = sorted(set(self.a.latency_ms) | set(self.a.peak_rss_mib), key=block_order)
         if blocks and self.block is None:
             have = ", ".join(str(s) for b, s in blocks if b == self.b.batch)
             return f"bench measured several sequence lengths at batch {self.b.batch} ({have}); set seq = in the budget"

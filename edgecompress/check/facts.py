@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from edgecompress.errors import InputError
+from edgecompress.quality import preferred_agreement
 
 ARTIFACT_FORMATS: dict[str, str] = {".onnx": "onnx", ".tflite": "tflite"}
 BUILD_SCHEMA = "edgecompress.build/1"
@@ -33,8 +34,9 @@ def block_key(block: Block) -> str:
     return str(block[0]) if block[1] is None else f"{block[0]},seq={block[1]}"
 
 
-def _order(item: tuple[Block, Any]) -> tuple[int, int]:
-    return item[0][0], -1 if item[0][1] is None else item[0][1]
+def block_order(block: Block) -> tuple[int, int]:
+    """Sort key of a block: by batch, then by length (no length first)."""
+    return block[0], -1 if block[1] is None else block[1]
 
 
 @dataclass
@@ -79,8 +81,8 @@ class ArtifactFacts:
                 "params": self.params, "ops": self.ops, "accuracy": self.accuracy,
                 "cosine_mean": self.cosine_mean, "cosine_p5": self.cosine_p5,
                 "reference": display(self.reference) if self.reference else None,
-                "latency_ms": {block_key(b): s for b, s in sorted(self.latency_ms.items(), key=_order)},
-                "peak_rss_mib": {block_key(b): v for b, v in sorted(self.peak_rss_mib.items(), key=_order)},
+                "latency_ms": {block_key(b): s for b, s in sorted(self.latency_ms.items(), key=lambda kv: block_order(kv[0]))},
+                "peak_rss_mib": {block_key(b): v for b, v in sorted(self.peak_rss_mib.items(), key=lambda kv: block_order(kv[0]))},
                 "sources": self.sources}
 
 
@@ -267,9 +269,9 @@ def _build_cosine(agreement: Any, what: str) -> dict[str, Any]:
     was given, else on the first (random) inputs."""
     rows = [a for a in agreement if isinstance(a, dict) and _num(a.get("cosine_mean")) is not None] \
         if isinstance(agreement, list) else []
-    if not rows:
+    row = preferred_agreement(rows)
+    if row is None:
         return {}
-    row = next((a for a in rows if a.get("inputs") == "eval"), rows[0])
     return {"cosine_mean": float(row["cosine_mean"]), "cosine_p5": _num(row.get("cosine_p5")),
             "cosine_from": f"build.json: {what}, {row.get('samples')} {row.get('inputs')} inputs"}
 

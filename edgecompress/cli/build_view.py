@@ -9,7 +9,7 @@ from typing import Any
 from rich.table import Table
 
 from edgecompress.cli.console import console, human_bytes, stdout
-from edgecompress.quality import agreement_text
+from edgecompress.quality import agreement_text, preferred_agreement
 
 
 def _pct(value: float | None) -> str:
@@ -69,8 +69,7 @@ def agreement_lines(record: dict[str, Any]) -> list[str]:
     lines = [f"compressed vs dense [{line['output']}] on {line['samples']} {line['inputs']} inputs: {describe(line)}"
              for line in record.get("agreement", [])]
     for artifact in record["artifacts"].values():
-        rows = artifact.get("agreement") or []
-        row = next((r for r in rows if r["inputs"] == "eval"), rows[0] if rows else None)
+        row = preferred_agreement(artifact.get("agreement") or [])
         if row is not None:
             lines.append(f"{artifact['path']} vs dense [{row['output']}] on {row['samples']} {row['inputs']} inputs: "
                          f"{describe(row)}")

@@ -61,7 +61,6 @@ class Verification:
                 f"{agreement_text(self.to_json())} on {self.samples} {self.inputs} inputs")
 
 
-
 def torch_outputs(model: nn.Module, inputs: Batch, batch_size: int = 1024, io: ModelIO | None = None) -> np.ndarray:
     """Run a torch model on numpy inputs in batches; its (first) output."""
     io = io or ModelIO.single_float((1, *inputs.shape[1:])) if isinstance(inputs, np.ndarray) else io
