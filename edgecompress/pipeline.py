@@ -92,6 +92,7 @@ class BuildConfig:
     batch: int = 1
     int8_min_agreement: float = int8_export.INT8_MIN_AGREEMENT
     int4_min_agreement: float = int8_export.INT4_MIN_AGREEMENT
+    int8_weights: str = "auto"  # dynamic int8: per-tensor | per-channel | auto (per channel for embeddings)
     threads: int = 1  # torch and onnxruntime threads of the build (SVD, export, verification)
     whiten: bool = False  # every policy ranks/factors the activation-whitened spectrum (needs --calib)
     sequential_refit: bool = False  # refit the chosen factors in order on the compressed prefix (needs --calib)
@@ -288,18 +289,26 @@ def size_measure(config: BuildConfig, io: ModelIO | tuple[int, ...], calibration
                 onnx_export.simplify_onnx(path)
             if kind is not None:
                 quantized = Path(folder) / f"candidate.{kind}.onnx"
-                quantize_file(kind, path, quantized, calibration)
+                quantize_file(kind, path, quantized, calibration, int8_per_channel(config, io))
                 path = quantized
             return path.stat().st_size
 
     return size_of
 
 
-def quantize_file(kind: str, source: Path, target: Path, calibration: Batch | None) -> int8_export.QuantScheme:
-    """One --quantize kind of an fp32 ONNX file: int4 (MatMulNBits), int8 (dynamic) or int8-static (QDQ)."""
+def quantize_file(kind: str, source: Path, target: Path, calibration: Batch | None,
+                  per_channel: bool = False) -> int8_export.QuantScheme:
+    """One --quantize kind of an fp32 ONNX file: int4 (MatMulNBits), int8 (dynamic, weight scales per tensor
+    or ``per_channel``) or int8-static (QDQ)."""
     if kind == "int4":
         return int8_export.quantize_onnx_int4(source, target)
-    return int8_export.quantize_onnx(source, target, calibration=calibration if kind == "int8-static" else None)
+    return int8_export.quantize_onnx(source, target, calibration=calibration if kind == "int8-static" else None,
+                                     per_channel=per_channel)
+
+
+def int8_per_channel(config: BuildConfig, io: ModelIO) -> bool:
+    """--int8-weights for this model (auto: per channel when the quality output is an embedding)."""
+    return int8_export.int8_per_channel(config.int8_weights, io.output_kinds.get(io.quality_output or ""))
 
 
 def layer_statistics(model: nn.Module, data: Dataset, names: list[str], *, keep_inputs: int = 0,
@@ -602,7 +611,7 @@ def _quantized_onnx(kind: str, compressed: nn.Module, plan: CompressionPlan, con
     path = staging / f"{config.stem}.{bits}.onnx"
     static = calibration if kind == "int8-static" and io.single else None
     with timings.stage(f"quantize_{bits}", progress):
-        scheme = quantize_file(kind, staging / f"{config.stem}.onnx", path, static)
+        scheme = quantize_file(kind, staging / f"{config.stem}.onnx", path, static, int8_per_channel(config, io))
         int8_export.check_quantized_factors(path, plan, where=f"{path.name} ({kind})",
                                             other=coverage.non_linear_matrices(compressed))
     agreement = config.int4_min_agreement if kind == "int4" else config.int8_min_agreement
@@ -719,6 +728,7 @@ def _check_targets(config: BuildConfig) -> None:
         if not 0.0 <= value <= 1.0:
             raise InputError(f"{flag} must be between 0 and 1, got {value}")
     int8_export.quantize_kinds(config.quantize)
+    int8_export.int8_per_channel(config.int8_weights, None)
     outdir.refuse_input_overwrite(config.out, outdir.check_stem(config.stem), config.model)
 
 

@@ -86,6 +86,7 @@ def test_every_compressed_file_reports_its_cosine_to_dense(built: Path, capsys: 
     int8_eval = next(v for v in artifacts["int8"]["verification"] if v["inputs"] == "eval")
     assert int8_eval["top1_agreement"] is None and int8_eval["tolerance"]["min_agreement"] == 0.98
     assert 0.98 <= int8_eval["cosine_mean"] <= 1
+    assert artifacts["int8"]["quantization"]["weights"] == "int8 per-channel (7-bit range)"  # auto: embedding
     lines = agreement_lines(record)
     assert [line.split(" vs dense")[0] for line in lines[-2:]] == ["bert.onnx", "bert.int8.onnx"]
     assert "on 100 eval inputs: cosine mean" in lines[-1]

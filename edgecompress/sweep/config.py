@@ -52,7 +52,7 @@ OPTION_TYPES: dict[str, tuple[type, ...]] = {
     "finetune": _STR, "train": _STR, "epochs": _INT, "distill_weight": _NUM, "val": _STR, "lr": _NUM,
     "train_batch": _INT, "temperature": _NUM, "finetune_epochs": _INT,
     # extra targets
-    "quantize": _STR, "batch": _INT, "int8_agreement": _NUM, "int4_agreement": _NUM,
+    "quantize": _STR, "batch": _INT, "int8_agreement": _NUM, "int4_agreement": _NUM, "int8_weights": _STR,
     # factorization
     "whiten": _BOOL, "sequential_refit": _BOOL, "svd": _STR,
     # after the build
