@@ -185,6 +185,28 @@ def test_results_table_marks_the_pareto_front_and_renders(tmp_path: Path) -> Non
     assert "<img" in (tmp_path / "results.html").read_text()
 
 
+def test_embedding_sweep_table_shows_cosine_and_its_pareto_front(tmp_path: Path) -> None:
+    """Entries of an embedding model without labels: the table shows each file's mean / p5 cosine to the dense
+    model (not "n/a"), the Pareto front and the plot use it; summarize reads it from build.json."""
+    from edgecompress.sweep.results import pareto_front, results_record, write_results
+    from edgecompress.sweep.task import summarize
+
+    def record(size: int, cosine: float) -> dict[str, Any]:
+        agreement = [{"inputs": "random", "measure": "cosine", "cosine_mean": 0.5, "cosine_p5": 0.4},
+                     {"inputs": "eval", "measure": "cosine", "cosine_mean": cosine, "cosine_p5": cosine - 0.05}]
+        return {"artifacts": {"dense": {"bytes": 900}, "compressed": {"bytes": size, "agreement": agreement}}}
+
+    rows = [{"entry": label, "status": "ok", "seconds": 1.0, **summarize(record(size, cosine))}
+            for label, size, cosine in (("r64", 100, 0.74), ("r128", 200, 0.91), ("worse", 300, 0.90))]
+    assert rows[1]["cosine"] == 0.91 and rows[1]["cosine_p5"] == pytest.approx(0.86) and rows[1]["accuracy"] is None
+    assert pareto_front(rows) == {"r64", "r128"}
+    counts = {"total": 3, "done": 3, "failed": 0, "skipped": 0}
+    write_results(results_record("e", "e.toml", rows, counts, 1.0, {}, False), tmp_path)
+    markdown = (tmp_path / "results.md").read_text()
+    assert "cos 0.9100" in markdown and "p5 0.8600" in markdown and "| r128 ★" in markdown
+    assert "<img" in (tmp_path / "results.html").read_text()
+
+
 def test_help_and_package_import_neither_torch_nor_ray() -> None:
     code = ("import sys\nfrom edgecompress.cli import main\nimport edgecompress.sweep\n"
             "try:\n    main(['sweep', '--help'])\nexcept SystemExit as exc:\n    assert exc.code in (0, None)\n"

@@ -1,5 +1,5 @@
 """The sweep's results table: results.json, results.md and results.html (with the accuracy-vs-size
-Pareto plot), written atomically beside the entries' folders. Torch-free."""
+Pareto plot; embedding models without labels: mean cosine to the dense model instead of accuracy), written atomically beside the entries' folders. Torch-free."""
 
 from __future__ import annotations
 
@@ -19,10 +19,22 @@ SCHEMA = "edgecompress.sweep/1"
 FILES = ("results.json", "results.md", "results.html")
 
 
+def quality_key(rows: Sequence[Mapping[str, Any]]) -> str:
+    """What the sweep's quality is: "accuracy" when any entry has one (labelled data), else "cosine" (the
+    embedding's mean cosine to the dense model)."""
+    return "accuracy" if any(r.get("accuracy") is not None for r in rows) else "cosine"
+
+
+def _quality_points(rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, float, float]]:
+    """(entry, compressed bytes, quality) of the finished entries that have both."""
+    key = quality_key(rows)
+    return [(r["entry"], r["bytes"], r[key]) for r in rows
+            if r.get("status") == "ok" and r.get("bytes") is not None and r.get(key) is not None]
+
+
 def pareto_front(rows: Sequence[Mapping[str, Any]]) -> set[str]:
-    """Labels of the finished entries no other entry beats on both size (smaller) and accuracy (higher)."""
-    points = [(r["entry"], r["bytes"], r["accuracy"]) for r in rows
-              if r.get("status") == "ok" and r.get("bytes") is not None and r.get("accuracy") is not None]
+    """Labels of the finished entries no other entry beats on both size (smaller) and quality (higher)."""
+    points = _quality_points(rows)
     return {label for label, size, acc in points
             if not any(s <= size and a >= acc and (s < size or a > acc) for _, s, a in points)}
 
@@ -55,6 +67,14 @@ def _p50(row: Mapping[str, Any]) -> Cell:
     return Cell(f"{p50:.4f}", f"{p50 / dense:.2f}×" if dense else "")
 
 
+def _quality_cell(row: Mapping[str, Any]) -> Cell:
+    """Accuracy, else the embedding's mean cosine to the dense model (5th percentile below it)."""
+    if row.get("accuracy") is not None or row.get("cosine") is None:
+        return Cell(fmt_pct(row.get("accuracy")))
+    p5 = row.get("cosine_p5")
+    return Cell(f"cos {row['cosine']:.4f}", "" if p5 is None else f"p5 {p5:.4f}")
+
+
 def results_table(record: Mapping[str, Any]) -> Table:
     """One row per entry; failed entries show their error line; a latency column when entries were benchmarked."""
     bench = any(row.get("compressed_p50_ms") is not None for row in record["entries"])
@@ -65,12 +85,12 @@ def results_table(record: Mapping[str, Any]) -> Table:
         cells = [Cell(row["entry"] + (" ★" if row.get("pareto") else "")), Cell(status),
                  Cell(str(row.get("policy") or row.get("options", {}).get("policy", NA))),
                  _params(row) if ok else Cell(NA), Cell(fmt_bytes(row.get("bytes"))),
-                 Cell(fmt_bytes(row.get("int8_bytes"))), Cell(fmt_pct(row.get("accuracy"))), Cell(_delta_pt(row))]
+                 Cell(fmt_bytes(row.get("int8_bytes"))), _quality_cell(row), Cell(_delta_pt(row))]
         cells += [_p50(row)] if bench else []
         cells += [Cell(NA if row.get("seconds") is None else f"{row['seconds']:.1f}"),
                   Cell("" if ok else str(row.get("error", "")))]
         rows.append(tuple(cells))
-    headers = ["entry", "status", "policy", "Linear params (vs dense)", "ONNX size", "int8 size", "accuracy",
+    headers = ["entry", "status", "policy", "Linear params (vs dense)", "ONNX size", "int8 size", "accuracy / cosine",
                "Δ vs dense (pt)", *(["p50 ms batch 1 (vs dense)"] if bench else []), "build s", "error"]
     return Table("Entries", tuple(headers), ("l", "l", "l", *("r" * (len(headers) - 4)), "l"), tuple(rows))
 
@@ -89,8 +109,10 @@ def _summary(record: Mapping[str, Any]) -> list[tuple[str, str]]:
     return items
 
 
-NOTE = ("★ marks the Pareto front: no other entry is both smaller (compressed ONNX file) and more accurate. "
-        "Δ vs dense is the accuracy change in percentage points against the entry's own dense export.")
+NOTE = ("★ marks the Pareto front: no other entry is both smaller (compressed ONNX file) and more accurate "
+        "(for embedding models without labels: a higher mean cosine of the compressed file's embeddings to the dense "
+        "model's, on the entry's --eval data). Δ vs dense is the accuracy change in percentage points against the "
+        "entry's own dense export.")
 
 
 def render_markdown(record: Mapping[str, Any]) -> str:
@@ -101,19 +123,22 @@ def render_markdown(record: Mapping[str, Any]) -> str:
 
 
 def pareto_plot(record: Mapping[str, Any]) -> bytes | None:
-    """PNG: compressed ONNX size (log) vs accuracy per entry, the Pareto front joined by a line."""
+    """PNG: compressed ONNX size (log) vs accuracy (else mean cosine) per entry, the Pareto front joined by a line."""
     from edgecompress.report.plots import _matplotlib, _plain_log_axis, _png
 
-    points = [(r["bytes"] / 1024, r["accuracy"] * 100, r["entry"], r.get("pareto")) for r in record["entries"]
-              if r.get("status") == "ok" and r.get("bytes") is not None and r.get("accuracy") is not None]
+    entries = record["entries"]
+    accuracy = quality_key(entries) == "accuracy"
+    scale = 100 if accuracy else 1
+    pareto = {r["entry"]: r.get("pareto") for r in entries}
+    points = [(size / 1024, value * scale, label, pareto[label]) for label, size, value in _quality_points(entries)]
     if not points:
         return None
     figure_cls, canvas_cls = _matplotlib()
     fig = figure_cls(figsize=(7, 4.5))
     ax = fig.subplots()
     ax.scatter([p[0] for p in points], [p[1] for p in points], s=30, color="#888", label="entry")
-    dense = {(r["dense_bytes"] / 1024, r["dense_accuracy"] * 100) for r in record["entries"]
-             if r.get("dense_bytes") is not None and r.get("dense_accuracy") is not None}
+    dense = {(r["dense_bytes"] / 1024, r["dense_accuracy"] * 100 if accuracy else 1.0) for r in entries
+             if r.get("dense_bytes") is not None and (r.get("dense_accuracy") is not None or not accuracy)}
     if dense:
         ax.scatter([d[0] for d in dense], [d[1] for d in dense], marker="*", s=90, color="#246", label="dense export")
     front = sorted((p for p in points if p[3]), key=lambda p: p[0])
@@ -124,7 +149,7 @@ def pareto_plot(record: Mapping[str, Any]) -> bytes | None:
     sizes = [p[0] for p in points] + [d[0] for d in dense]
     _plain_log_axis(ax.xaxis, min(sizes), max(sizes))
     ax.set_xlabel("ONNX file size (KiB, log scale)")
-    ax.set_ylabel("accuracy (%)")
+    ax.set_ylabel("accuracy (%)" if accuracy else "mean cosine to the dense model")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -134,7 +159,7 @@ def pareto_plot(record: Mapping[str, Any]) -> bytes | None:
 def render_html(record: Mapping[str, Any]) -> str:
     try:
         png = pareto_plot(record)
-        plot = ('<p class="note">No finished entry with an accuracy to plot.</p>' if png is None else
+        plot = ('<p class="note">No finished entry with an accuracy or cosine to plot.</p>' if png is None else
                 f'<figure><img src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}" '
                 'alt="Accuracy against compressed ONNX size per entry, Pareto front joined">'
                 "<figcaption>Accuracy vs size</figcaption></figure>")

@@ -29,6 +29,16 @@ def _accuracy(artifact: dict[str, Any]) -> float | None:
     return (artifact.get("eval") or {}).get("accuracy")
 
 
+def _cosine(artifact: dict[str, Any]) -> dict[str, float | None]:
+    """The file's mean / 5th-percentile cosine to the dense model (embedding outputs), on --eval when given."""
+    from edgecompress.quality import preferred_agreement
+
+    row = preferred_agreement(artifact.get("agreement") or []) or {}
+    if row.get("measure") != "cosine":
+        return {"cosine": None, "cosine_p5": None}
+    return {"cosine": row.get("cosine_mean"), "cosine_p5": row.get("cosine_p5")}
+
+
 def summarize(record: dict[str, Any]) -> dict[str, Any]:
     """The results-table fields of one build.json record."""
     dense, compressed, int8 = (_artifact(record, role) for role in ("dense", "compressed", "int8"))
@@ -46,6 +56,7 @@ def summarize(record: dict[str, Any]) -> dict[str, Any]:
         "accuracy": _accuracy(compressed),
         "dense_accuracy": _accuracy(dense),
         "int8_accuracy": _accuracy(int8),
+        **_cosine(compressed),
     }
 
 
