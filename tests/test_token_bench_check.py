@@ -119,6 +119,7 @@ def test_bench_several_sequence_lengths_in_one_run(built: Path, capsys: pytest.C
         assert ref["cosine_mean"] == pytest.approx(1.0) and other["quality_measure"] == "cosine"
     verdict = " ".join(out.split())  # the verdict line wraps on a narrow terminal
     assert "p50 latency (seq 4, batch 1)" in verdict and "p50 latency (seq 8, batch 2)" in verdict
+    assert verdict.count("cosine mean") >= 2 and "at seq 4;" in verdict and "at seq 8 vs" in verdict  # one per length
     # check reads the latency of the length the budget names; several measured and none named: it says so
     budgets = built / "seqs.toml"
     budgets.write_text('[budgets."bert.onnx"]\nmax_latency_p50_ms = 10000\nbatch = 2\n')

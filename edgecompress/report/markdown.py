@@ -180,7 +180,7 @@ def model_table(bench: Mapping[str, Any]) -> Table:
             ratio_cell(fmt_int(m.get("params")), ratios.get("params"), is_ref),
             delta_cell(m.get("accuracy"), ref.get("accuracy"), is_ref),
             delta_cell(m.get("macro_f1"), ref.get("macro_f1"), is_ref),
-            Cell(agreement_text(m) + ("" if m.get("seq") is None else f" at seq {m['seq']}")),  # first block's
+            Cell(agreement_by_seq(bench, m)),
             Cell(fmt_sci(m.get("max_abs_diff"))),
         ))
     headers = ("Model", "Format", "Size", "Params", "Accuracy", "Macro-F1", "Agreement", "Max abs diff")
@@ -195,6 +195,18 @@ def agreement_text(row: Mapping[str, Any]) -> str:
     if measure not in values or row.get(values[measure]) is None:
         return f"{NA} agreement"
     return describe({**row, "measure": measure})
+
+
+def agreement_by_seq(bench: Mapping[str, Any], model: Mapping[str, Any]) -> str:
+    """The model's agreement text; for a bench over several sequence lengths one per length ("cosine mean 0.91
+    (p5 0.86) at seq 32; cosine mean 0.90 (p5 0.85) at seq 128"), each from that length's first result row."""
+    by_seq: dict[Any, Mapping[str, Any]] = {}
+    for r in bench.get("results", []):
+        if r.get("model") == model.get("name"):
+            by_seq.setdefault(r.get("seq"), r)
+    if len(by_seq) < 2:
+        return agreement_text(model) + ("" if model.get("seq") is None else f" at seq {model['seq']}")
+    return "; ".join(f"{agreement_text({**model, **row})} at seq {seq}" for seq, row in by_seq.items())
 
 
 def verdicts(bench: Mapping[str, Any]) -> list[str]:
@@ -214,7 +226,7 @@ def verdicts(bench: Mapping[str, Any]) -> list[str]:
         if m.get("accuracy") is not None and ref.get("accuracy") is not None:
             parts.append(f"{fmt_delta_pt((m['accuracy'] - ref['accuracy']) * 100)} accuracy")
         else:
-            parts.append(agreement_text(m))
+            parts.append(agreement_by_seq(bench, m))
         lines.append(f"{m.get('name')}: " + ", ".join(parts) + f" vs {ref_name}")
     return lines
 
