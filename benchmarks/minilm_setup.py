@@ -14,6 +14,8 @@ from typing import Any
 
 import minilm_corpus
 
+from edgecompress.errors import InputError
+
 TITLE = "all-MiniLM-L6-v2"
 SIZES = {"train": 1600, "dev": 128, "test": 512}  # as benchmarks/minilm.py (its digests match)
 MODEL_LINK = "model"
@@ -54,7 +56,7 @@ def _link(path: Path, target: Path) -> None:
             return
         path.unlink()
     elif path.exists():
-        raise FileExistsError(f"{path} exists and is not a link; remove it to let the prepare step link the model")
+        raise InputError(f"{path} exists and is not a link; remove it to let the prepare step link the model")
     path.symlink_to(target, target_is_directory=True)
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from edgecompress.errors import EdgeCompressError
 from edgecompress.sweep import load_sweep
 from edgecompress.sweep.entries import DATA_KEYS
 
@@ -75,6 +76,10 @@ def test_prepare_writes_the_same_splits_and_links_the_model(benchmarks: types.Mo
     lines = {name: (tmp_path / "data" / f"{name}.txt").read_text().splitlines() for name in SIZES}
     assert not set(lines["test"]) & (set(lines["dev"]) | set(lines["train"]))
     assert (tmp_path / "data" / "model").resolve() == model.resolve()
+    (tmp_path / "data" / "model").unlink()
+    (tmp_path / "data" / "model").mkdir()  # a real folder where the link goes: refused, not replaced
+    with pytest.raises(EdgeCompressError, match="exists and is not a link"):
+        benchmarks.prepare(tmp_path / "data", fortunes=fortunes, model=model, sizes=SIZES)
 
 
 def test_minilm_config_reads_only_the_prepared_folder() -> None:
