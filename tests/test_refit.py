@@ -178,7 +178,8 @@ def test_refit_takes_a_plain_array_for_a_single_input_model() -> None:
 
 def test_policy_context_refit_applies_to_compress_and_to_the_budget_result() -> None:
     """``PolicyContext(refit_data=...)`` refits what ``compress`` returns (same ranks, better held-out
-    cosine) and the plan a cosine budget chose (recorded with the validation cosine before and after)."""
+    cosine); a cosine budget judges every candidate refit, so it chooses a smaller plan than without the refit
+    (recorded with the validation cosine before and after the refit)."""
     model = make_encoder(layers=2)
     spectra = model_spectra(model)
     calibration_batches = token_batches(8, 16, seed=1)
@@ -197,5 +198,14 @@ def test_policy_context_refit_applies_to_compress_and_to_the_budget_result() -> 
     result = budget_compress(model, EnergyPolicy(), spectra, Budget(min_cosine=0.9), context=budget_context,
                              allocation="threshold", embed=lambda m: embed(m, validation))
     cosines = result.record["refit"]["validation_cosine"]
-    assert cosines["before"] >= 0.9 and cosines["after"] > cosines["before"]
+    assert cosines["after"] >= 0.9 and cosines["after"] > cosines["before"]
+    # a quality budget judges each candidate refit: the chosen one's value is its refit cosine, the model
+    # returned is that refit model, and the plan is no larger than the search without the refit finds
+    assert result.record["refit"]["in_search"] and budget_context.extras["refit"] is result.record["refit"]
+    assert result.record["result"]["value"] == pytest.approx(cosines["after"], abs=1e-5)
+    assert cosine_stats(embed(result.model, validation), reference)[0] == pytest.approx(cosines["after"], abs=1e-5)
+    unrefit = budget_compress(model, EnergyPolicy(), spectra, Budget(min_cosine=0.9),
+                              context=PolicyContext(calibration=stats.layers, whiten=True), allocation="threshold",
+                              embed=lambda m: embed(m, validation))
+    assert result.record["result"]["linear_params"] < unrefit.record["result"]["linear_params"]  # 1728 vs 2112
     assert cosine_stats(embed(result.model, validation), reference)[0] == pytest.approx(cosines["after"], abs=1e-5)

@@ -197,8 +197,9 @@ HELP_GROUPS = (
               help="After the ranks are chosen, refit every factor pair in execution order to its dense layer's "
                    "output on the inputs the compressed prefix feeds it (closed form, with bias correction; for an "
                    "embedding output, errors weighted by a label-free Fisher metric); same ranks, needs --calib. "
-                   "On all-MiniLM-L6-v2 at 1.5x: cosine 0.928 instead of 0.892 (docs/transformers.md). Slow on "
-                   "large models (minutes).")
+                   "On all-MiniLM-L6-v2 at 1.5x: cosine 0.928 instead of 0.892 (docs/transformers.md). With "
+                   "--min-cosine or --max-accuracy-drop every candidate the search visits is refit before it is judged "
+                   "(about 8 refits: a smaller model meets the target). Slow on large models (minutes per refit).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress, no tables.")
 def build(model: Path, target_text: str, out: Path, name: str | None, input_shape: str | None,
           input_texts: tuple[str, ...], seq: int | None, quality_output: str | None, factory: str | None,

@@ -358,6 +358,7 @@ class _Search:
     path: list[dict[str, Any]] = field(default_factory=list)
     seen: dict[int, bool] = field(default_factory=dict)
     progress: Callable[[str], None] | None = None
+    on_checked: Callable[[Plan, bool], None] | None = None  # (plan, meets) after each new evaluation
 
     def check(self, index: int) -> bool:
         if index not in self.seen:
@@ -376,6 +377,8 @@ class _Search:
             for extra in more:
                 step.update(extra)
             self.path.append({**step, "meets": self.seen[index]})
+            if self.on_checked:
+                self.on_checked(plan, self.seen[index])
         return self.seen[index]
 
     def last_meeting(self) -> int | None:
@@ -451,8 +454,21 @@ def budget_compress(model: nn.Module, policy: RankPolicy, spectra: Mapping[str, 
     knob, curves, plans = _candidates(model, policy, spectra, context, allocation, factors, sensitivity,
                                       measured_ranks, (model, inputs, sample, budget.kind == "cosine"))
 
+    # a quality budget with --sequential-refit holds for the model the build writes: each candidate is judged refit
+    refit_each = context.refit_data is not None and budget.kind in ("accuracy", "cosine")
+    latest: dict[str, Any] = {}  # the last refit candidate, and the last one that met the budget
+
     def build(plan: Plan) -> nn.Module:
-        return apply_ranks(model, dict(spectra), dict(plan), {}, factors=factors)[0]
+        candidate = apply_ranks(model, dict(spectra), dict(plan), {}, factors=factors)[0]
+        if refit_each:
+            latest["built"] = (dict(plan), candidate, _refit(model, candidate, context))
+        return candidate
+
+    def keep_meeting(plan: Plan, meets: bool) -> None:
+        """The search's answer is the last candidate that met (the binary search only moves up from it)."""
+        if meets and "built" in latest and latest["built"][0] == plan:
+            latest["met"] = latest["built"]
+        latest.pop("built", None)
 
     dense_params = sum(s.dense_params for s in spectra.values())
     baseline: dict[str, Any] = {"linear_params": dense_params}
@@ -478,13 +494,17 @@ def budget_compress(model: nn.Module, policy: RankPolicy, spectra: Mapping[str, 
     else:
         search = _Search(plans, curves, lambda p: float(size_of(build(p))),
                          lambda size: size <= budget.target_size, progress=context.on_progress)
+    search.on_checked = keep_meeting if refit_each else None
     index = search.last_meeting() if budget.kind in ("accuracy", "cosine") else search.first_meeting()
     if index is None:
         raise BudgetExceeded(_unreachable(budget, search.path[-1], context.round_to))
     ranks = plans[index]
     compressed, plan = apply_ranks(model, dict(spectra), dict(ranks),
                                    {"name": policy.name, "budget": budget.to_json(), "knob": knob}, factors=factors)
-    refitted = _refit_chosen(model, compressed, context, embed)
+    if refit_each:
+        refitted = _refit_chosen_in_search(model, compressed, ranks, latest.get("met"), context, embed)
+    else:
+        refitted = _refit_chosen(model, compressed, context, embed)
     visited = {r for step in search.path for r in step["ranks"].values()}
     record = {
         "budget": budget.to_json(), "knob": knob, "allocation": allocation, "round_to": context.round_to,
@@ -501,22 +521,51 @@ def budget_compress(model: nn.Module, policy: RankPolicy, spectra: Mapping[str, 
     return BudgetResult(compressed, plan, record)
 
 
-def _refit_chosen(model: nn.Module, compressed: nn.Module, context: PolicyContext,
-                  embed: Callable[[nn.Module], torch.Tensor] | None) -> dict[str, Any] | None:
-    """The sequential refit of the chosen plan when ``context.refit_data`` asks for it (the search chose
-    on the un-refit candidates, so the target still holds; the refit's own gain is recorded)."""
+def _refit(model: nn.Module, compressed: nn.Module, context: PolicyContext) -> dict[str, Any] | None:
     from edgecompress.lowrank.refit import refit_with_context
 
+    return refit_with_context(model, compressed, context)
+
+
+def _refit_chosen(model: nn.Module, compressed: nn.Module, context: PolicyContext,
+                  embed: Callable[[nn.Module], torch.Tensor] | None) -> dict[str, Any] | None:
+    """The sequential refit of the chosen plan when ``context.refit_data`` asks for it, for a params or size
+    budget (the refit changes neither; its gain in cosine, with ``embed``, is recorded)."""
     if context.refit_data is None:
         return None
     dense = embed(model) if embed is not None else None
     before = cosine_stats(embed(compressed), dense) if dense is not None else None
-    record = refit_with_context(model, compressed, context)
+    record = _refit(model, compressed, context)
     if before is not None and record is not None:
-        after = cosine_stats(embed(compressed), dense)
-        record["validation_cosine"] = {"before": round(before[0], 6), "after": round(after[0], 6),
-                                       "p5_before": round(before[1], 6), "p5_after": round(after[1], 6)}
+        _record_gain(record, before, cosine_stats(embed(compressed), dense))
     return record
+
+
+def _refit_chosen_in_search(model: nn.Module, compressed: nn.Module, ranks: Plan,
+                            met: tuple[Plan, nn.Module, dict[str, Any] | None] | None,
+                            context: PolicyContext, embed: Callable[[nn.Module], torch.Tensor] | None) -> dict[str, Any] | None:
+    """A quality budget with the refit: the search judged every candidate refit, so the chosen plan's refit
+    factors (``met``: the search's refit of it) replace the fresh ``compressed`` ones, else it is refit again;
+    the gain over the un-refit plan, with ``embed``, is recorded."""
+    dense = embed(model) if embed is not None else None
+    before = cosine_stats(embed(compressed), dense) if dense is not None else None
+    if met is None or met[0] != dict(ranks):
+        record = _refit(model, compressed, context)
+    else:
+        _, candidate, record = met
+        compressed.load_state_dict(candidate.state_dict())
+    if record is None:
+        return None
+    record = {**record, "in_search": True}
+    if before is not None:
+        _record_gain(record, before, cosine_stats(embed(compressed), dense))
+    context.extras["refit"] = record  # (the search's last refit may have been a candidate that failed)
+    return record
+
+
+def _record_gain(record: dict[str, Any], before: tuple[float, float], after: tuple[float, float]) -> None:
+    record["validation_cosine"] = {"before": round(before[0], 6), "after": round(after[0], 6),
+                                   "p5_before": round(before[1], 6), "p5_after": round(after[1], 6)}
 
 
 def _check_options(policy: RankPolicy, budget: Budget, allocation: str, confidence: float,
