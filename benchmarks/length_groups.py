@@ -9,7 +9,11 @@ minilm.dense.onnx) onnxruntime, each pass once per round, the order alternating 
 grouped, padded, ...). It records wall and CPU (process) seconds per pass, the machine load, the
 largest absolute difference between the two ways' sentence embeddings, and the lowest cosine.
 ``--runners embeddings`` times edgecompress.embed_io.embeddings (the --min-cosine search's and
-distillation's held-out cosine pass) against the consecutive padded batches it ran before.
+distillation's held-out cosine pass) against the consecutive padded batches it ran before;
+``--runners calibration`` the build's calibration of every Linear layer (the same inputs feed the
+sequential refit's forwards) on the padded batches of 64 it ran before against
+pipeline.calibration_inputs' length groups (its "embedding" columns: the first FFN layer's input
+second moment, the rows compared as vectors).
 
     HF_HUB_OFFLINE=1 python benchmarks/length_groups.py --rounds 1 --onnx build/minilm.dense.onnx \\
         --out benchmarks/results/length-groups_minilm_cpu-2core
@@ -43,7 +47,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1, help="passes of each way per runner (alternating order)")
     parser.add_argument("--onnx", help="also time onnxruntime on this ONNX file of the model (one thread)")
     parser.add_argument("--runners", default="torch,onnxruntime,embeddings",
-                        help="comma-separated subset of torch, onnxruntime (needs --onnx), embeddings")
+                        help="comma-separated subset of torch, onnxruntime (needs --onnx), embeddings, calibration")
     parser.add_argument("--out", required=True, help="write OUT.json and OUT.md")
     args = parser.parse_args()
     import torch
@@ -57,7 +61,9 @@ def main() -> None:
     from edgecompress.lowrank.embedding import embed
     from edgecompress.length_groups import GROUP, run_grouped
     from edgecompress.load import load_model
-    from edgecompress.pipeline import _model_dataset, resolve_io
+    from edgecompress.lowrank.calibration import calibrate
+    from edgecompress.lowrank.spectrum import linear_layers
+    from edgecompress.pipeline import CALIB_GROUP, _model_dataset, calibration_inputs, resolve_io
     from edgecompress.quality import cosine_rows
     from edgecompress.spec import outputs_of
 
@@ -80,6 +86,11 @@ def main() -> None:
         "padded": lambda: {key: embed(NamedInputs(loaded.module, io).eval(), named_batches(data.x, io, GROUP),
                                       mask_key=io.mask_name).numpy()},
         "grouped": lambda: {key: embeddings(loaded.module, data.x, io).numpy()}}
+    layers = list(linear_layers(loaded.module))
+    ffn = next(name for name in layers if name.endswith("intermediate.dense"))
+    kinds["calibration"] = {  # every Linear's input statistics, as the build computes them before and now
+        "padded": lambda: {key: calibrate(loaded.module, data.x, layers, batch_size=CALIB_GROUP).layers[ffn].gram.numpy()},
+        "grouped": lambda: {key: calibrate(loaded.module, calibration_inputs(data, io), layers).layers[ffn].gram.numpy()}}
     rows = []
     for name, ways in kinds.items():
         if name not in wanted:

@@ -26,7 +26,7 @@ from edgecompress.export import quantize as int8_export
 from edgecompress.export import tflite as tflite_export
 from edgecompress.export.verify import (Tolerance, ort_runner, random_inputs, torch_outputs, verify_outputs,
                                         verify_samples)
-from edgecompress.length_groups import groupable, grouped_runner, run_grouped, trim
+from edgecompress.length_groups import groupable, grouped_runner, padded_batches, run_grouped, trim
 from edgecompress.load import LoadedModel, infer_input_shape, load_model
 from edgecompress.lowrank.budget import Budget, budget_compress
 from edgecompress.lowrank.calibration import Calibration, calibrate, require_samples
@@ -43,6 +43,7 @@ from edgecompress.bench.metrics import accuracy, macro_f1, top1
 Progress = Callable[[str], None]
 DEFAULT_CALIB_SAMPLES = 1024
 SENSITIVITY_BATCH = 32  # named-input samples in the budget's per-layer sensitivity measurement
+CALIB_GROUP = 64  # token-model samples per length group in calibration and the refit (calibration_inputs)
 
 
 @dataclass(frozen=True)
@@ -312,11 +313,22 @@ def int8_per_channel(config: BuildConfig, io: ModelIO) -> bool:
 
 
 def layer_statistics(model: nn.Module, data: Dataset, names: list[str], *, keep_inputs: int = 0,
-                     progress: Progress | None = None) -> Calibration:
-    """Each named layer's streamed input statistics on ``data``; refuses too few samples."""
-    calibration = calibrate(model, data.x, names, dataset=data.name, keep_inputs=keep_inputs, progress=progress)
+                     progress: Progress | None = None, io: ModelIO | None = None) -> Calibration:
+    """Each named layer's streamed input statistics on ``data`` (in length groups, see
+    :func:`calibration_inputs`, with ``io``); refuses too few samples."""
+    inputs = data.x if io is None else calibration_inputs(data, io)
+    calibration = calibrate(model, inputs, names, dataset=data.name, keep_inputs=keep_inputs, progress=progress)
     require_samples(calibration, names)
     return calibration
+
+
+def calibration_inputs(data: Dataset, io: ModelIO) -> Batch | list[Batch]:
+    """``data.x`` for calibration and the refit: for a token model with an attention mask, batches of
+    :data:`CALIB_GROUP` samples of similar length with their all-padding columns cut (the statistics skip
+    padding anyway; this skips computing it: the same sums up to float order, at the cost of the real tokens)."""
+    if isinstance(data.x, dict) and groupable(io):
+        return padded_batches(data.x, io, CALIB_GROUP, seed=None)
+    return data.x
 
 
 def calibration_data(spec: str, samples: int, io: ModelIO | tuple[int, ...], folder: Path | None = None) -> Dataset:
@@ -384,7 +396,7 @@ def _compress_stage(config: BuildConfig, model: nn.Module, io: ModelIO, calib: D
     context = PolicyContext(progress=progress is not None, on_progress=progress, round_to=config.round_to,
                             whiten=config.whiten)
     if config.sequential_refit:
-        context.refit_data = calib.x
+        context.refit_data = calibration_inputs(calib, io)
         context.refit_metric = io.output_kinds.get(io.quality_output or "") == "embedding"  # label-free Fisher weights
     record: dict[str, Any] = {}
     budget = config.budget
@@ -393,7 +405,7 @@ def _compress_stage(config: BuildConfig, model: nn.Module, io: ModelIO, calib: D
         validate.check_labels(validation.y, output_classes(model, io), validation.name, "--eval-split")
     if config.policy.needs_calibration or config.whiten:
         keep = len(calib) if getattr(config.policy, "needs_inputs", False) else 0
-        calibration = layer_statistics(model, calib, list(spectra), keep_inputs=keep, progress=progress)
+        calibration = layer_statistics(model, calib, list(spectra), keep_inputs=keep, progress=progress, io=io)
         context.calibration = calibration.layers
         record["calibration"] = calibration.to_json()
     if budget is None:

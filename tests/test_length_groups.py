@@ -110,3 +110,23 @@ def test_embeddings_run_in_length_groups_in_sample_order() -> None:
     # the budget's one-batch sensitivity sample drops its all-padding columns too (first 32 samples, all short)
     sample = sensitivity_inputs(model, x, io)["sample"]
     assert sample["input_ids"].shape == (32, int(x["attention_mask"][:32].sum(1).max()))
+
+
+def test_calibration_runs_in_length_groups_with_the_same_statistics() -> None:
+    """The build's calibration (and refit) inputs of a masked token model are length groups: the layer's
+    second moment equals the one from the padded batches (padding is masked out of both) on fewer columns."""
+    from edgecompress.data import Dataset
+    from edgecompress.lowrank.calibration import calibrate
+    from edgecompress.pipeline import CALIB_GROUP, calibration_inputs
+
+    model, io, x = Pooled(False).eval(), _io(False), _text_like(150)
+    grouped = calibration_inputs(Dataset(x, None, "text"), io)
+    assert isinstance(grouped, list) and sum(len(b["input_ids"]) for b in grouped) == 150
+    widths = [b["input_ids"].shape[1] for b in grouped]
+    assert max(len(b["input_ids"]) for b in grouped) == CALIB_GROUP and widths == sorted(widths) and widths[0] < SEQ
+    padded = calibrate(model, x, ["proj"], batch_size=CALIB_GROUP).layers["proj"]
+    by_length = calibrate(model, grouped, ["proj"]).layers["proj"]
+    assert by_length.count == padded.count  # real tokens only, in both
+    np.testing.assert_allclose(by_length.gram.numpy(), padded.gram.numpy(), rtol=1e-10, atol=1e-12)
+    plain = np.zeros((4, 8), np.float32)  # other inputs pass through unchanged
+    assert calibration_inputs(Dataset(plain, None, "x"), ModelIO.single_float((1, 8))) is plain
