@@ -290,7 +290,7 @@ def size_measure(config: BuildConfig, io: ModelIO | tuple[int, ...], calibration
                 onnx_export.simplify_onnx(path)
             if kind is not None:
                 quantized = Path(folder) / f"candidate.{kind}.onnx"
-                quantize_file(kind, path, quantized, calibration, int8_per_channel(config, io))
+                quantize_file(kind, path, quantized, calibration, per_channel_int8(config, io))
                 path = quantized
             return path.stat().st_size
 
@@ -307,16 +307,16 @@ def quantize_file(kind: str, source: Path, target: Path, calibration: Batch | No
                                      per_channel=per_channel)
 
 
-def int8_per_channel(config: BuildConfig, io: ModelIO) -> bool:
+def per_channel_int8(config: BuildConfig, io: ModelIO) -> bool:
     """--int8-weights for this model (auto: per channel when the quality output is an embedding)."""
     return int8_export.int8_per_channel(config.int8_weights, io.output_kinds.get(io.quality_output or ""))
 
 
 def layer_statistics(model: nn.Module, data: Dataset, names: list[str], *, keep_inputs: int = 0,
-                     progress: Progress | None = None, io: ModelIO | None = None) -> Calibration:
-    """Each named layer's streamed input statistics on ``data`` (in length groups, see
-    :func:`calibration_inputs`, with ``io``); refuses too few samples."""
-    inputs = data.x if io is None else calibration_inputs(data, io)
+                     progress: Progress | None = None, inputs: Batch | list[Batch] | None = None) -> Calibration:
+    """Each named layer's streamed input statistics on ``data`` (fed as ``inputs`` when given, e.g. the
+    length groups of :func:`calibration_inputs`); refuses too few samples."""
+    inputs = data.x if inputs is None else inputs
     calibration = calibrate(model, inputs, names, dataset=data.name, keep_inputs=keep_inputs, progress=progress)
     require_samples(calibration, names)
     return calibration
@@ -395,8 +395,9 @@ def _compress_stage(config: BuildConfig, model: nn.Module, io: ModelIO, calib: D
                             settings=svd_settings(config.svd), on_progress=progress)  # decomposed lazily, one layer at a time
     context = PolicyContext(progress=progress is not None, on_progress=progress, round_to=config.round_to,
                             whiten=config.whiten)
+    calib_inputs = None if calib is None else calibration_inputs(calib, io)
     if config.sequential_refit:
-        context.refit_data = calibration_inputs(calib, io)
+        context.refit_data = calib_inputs
         context.refit_metric = io.output_kinds.get(io.quality_output or "") == "embedding"  # label-free Fisher weights
     record: dict[str, Any] = {}
     budget = config.budget
@@ -405,7 +406,7 @@ def _compress_stage(config: BuildConfig, model: nn.Module, io: ModelIO, calib: D
         validate.check_labels(validation.y, output_classes(model, io), validation.name, "--eval-split")
     if config.policy.needs_calibration or config.whiten:
         keep = len(calib) if getattr(config.policy, "needs_inputs", False) else 0
-        calibration = layer_statistics(model, calib, list(spectra), keep_inputs=keep, progress=progress, io=io)
+        calibration = layer_statistics(model, calib, list(spectra), keep_inputs=keep, progress=progress, inputs=calib_inputs)
         context.calibration = calibration.layers
         record["calibration"] = calibration.to_json()
     if budget is None:
@@ -623,7 +624,7 @@ def _quantized_onnx(kind: str, compressed: nn.Module, plan: CompressionPlan, con
     path = staging / f"{config.stem}.{bits}.onnx"
     static = calibration if kind == "int8-static" and io.single else None
     with timings.stage(f"quantize_{bits}", progress):
-        scheme = quantize_file(kind, staging / f"{config.stem}.onnx", path, static, int8_per_channel(config, io))
+        scheme = quantize_file(kind, staging / f"{config.stem}.onnx", path, static, per_channel_int8(config, io))
         int8_export.check_quantized_factors(path, plan, where=f"{path.name} ({kind})",
                                             other=coverage.non_linear_matrices(compressed))
     agreement = config.int4_min_agreement if kind == "int4" else config.int8_min_agreement
@@ -740,7 +741,7 @@ def _check_targets(config: BuildConfig) -> None:
         if not 0.0 <= value <= 1.0:
             raise InputError(f"{flag} must be between 0 and 1, got {value}")
     int8_export.quantize_kinds(config.quantize)
-    int8_export.int8_per_channel(config.int8_weights, None)
+    int8_export.check_int8_weights(config.int8_weights)
     outdir.refuse_input_overwrite(config.out, outdir.check_stem(config.stem), config.model)
 
 

@@ -43,9 +43,15 @@ def int8_per_channel(choice: str, quality_kind: str | None) -> bool:
     MiniLM's embeddings to cosine 0.958 (dense) / 0.966 (whitened rank 192), per channel to 0.990 / 0.980
     (benchmarks/results/int8-schemes_*); on the factorized MNIST MLP per tensor keeps the accuracy and
     the scales of small-rank factors cost size per channel (rank 32: 3.69x vs 3.44x smaller than fp32)."""
+    choice = check_int8_weights(choice)
+    return choice == "per-channel" or (choice == "auto" and quality_kind == "embedding")
+
+
+def check_int8_weights(choice: str) -> str:
+    """``choice`` when it is one of :data:`INT8_WEIGHTS`, else InputError."""
     if choice not in INT8_WEIGHTS:
         raise InputError(f"--int8-weights must be one of {', '.join(INT8_WEIGHTS)}, got {choice!r}")
-    return choice == "per-channel" or (choice == "auto" and quality_kind == "embedding")
+    return choice
 
 
 def quantize_kinds(text: str | None) -> tuple[str, ...]:

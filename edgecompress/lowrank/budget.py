@@ -28,6 +28,7 @@ picks the one whose drop was luckiest, and loses more on new data.
 
 from __future__ import annotations
 
+import functools
 import math
 import statistics
 from contextlib import contextmanager
@@ -44,6 +45,7 @@ from edgecompress.lowrank.data_policies import DataSpectrum, data_spectra
 from edgecompress.lowrank.embedding import Batch, cosine_stats, embedding_of, forward, mask_of
 from edgecompress.lowrank.factorize import CompressionPlan, LowRankLinear, apply_ranks, copy_module, replace_submodule
 from edgecompress.lowrank.policies import PolicyContext, RankPolicy
+from edgecompress.lowrank.refit import refit_with_context
 from edgecompress.lowrank.spectrum import LayerSpectrum
 
 Plan = dict[str, int | None]
@@ -456,19 +458,21 @@ def budget_compress(model: nn.Module, policy: RankPolicy, spectra: Mapping[str, 
 
     # a quality budget with --sequential-refit holds for the model the build writes: each candidate is judged refit
     refit_each = context.refit_data is not None and budget.kind in ("accuracy", "cosine")
-    latest: dict[str, Any] = {}  # the last refit candidate, and the last one that met the budget
+    # "built": the candidate refit last; "met": the last one that met the budget, which is the search's answer
+    # (the binary search only moves up from a candidate that met)
+    refits: dict[str, tuple[Plan, nn.Module, dict[str, Any] | None]] = {}
+    dense_embedding = functools.cache(lambda: embed(model))
 
     def build(plan: Plan) -> nn.Module:
         candidate = apply_ranks(model, dict(spectra), dict(plan), {}, factors=factors)[0]
         if refit_each:
-            latest["built"] = (dict(plan), candidate, _refit(model, candidate, context))
+            refits["built"] = (dict(plan), candidate, refit_with_context(model, candidate, context))
         return candidate
 
     def keep_meeting(plan: Plan, meets: bool) -> None:
-        """The search's answer is the last candidate that met (the binary search only moves up from it)."""
-        if meets and "built" in latest and latest["built"][0] == plan:
-            latest["met"] = latest["built"]
-        latest.pop("built", None)
+        built = refits.pop("built", None)
+        if meets and built is not None and built[0] == plan:
+            refits["met"] = built
 
     dense_params = sum(s.dense_params for s in spectra.values())
     baseline: dict[str, Any] = {"linear_params": dense_params}
@@ -479,11 +483,10 @@ def budget_compress(model: nn.Module, policy: RankPolicy, spectra: Mapping[str, 
                                                                 confidence),
                          lambda drop: drop <= budget.max_accuracy_drop + 1e-9, progress=context.on_progress)
     elif budget.kind == "cosine":
-        dense = embed(model)
-        baseline.update(samples=int(dense.shape[0]))
+        baseline.update(samples=int(dense_embedding().shape[0]))
 
         def cosine(plan: Plan) -> tuple[float, float, dict[str, float]]:
-            mean, p5 = cosine_stats(embed(build(plan)), dense)
+            mean, p5 = cosine_stats(embed(build(plan)), dense_embedding())
             return mean, mean, {"cosine_p5": float(f"{p5:.6g}")}
 
         search = _Search(plans, curves, cosine, lambda mean: mean >= budget.min_cosine - 1e-12,
@@ -501,10 +504,8 @@ def budget_compress(model: nn.Module, policy: RankPolicy, spectra: Mapping[str, 
     ranks = plans[index]
     compressed, plan = apply_ranks(model, dict(spectra), dict(ranks),
                                    {"name": policy.name, "budget": budget.to_json(), "knob": knob}, factors=factors)
-    if refit_each:
-        refitted = _refit_chosen_in_search(model, compressed, ranks, latest.get("met"), context, embed)
-    else:
-        refitted = _refit_chosen(model, compressed, context, embed)
+    refitted = _refit_chosen(model, compressed, ranks, context, refits.get("met"),
+                             None if embed is None else (embed, dense_embedding))
     visited = {r for step in search.path for r in step["ranks"].values()}
     record = {
         "budget": budget.to_json(), "knob": knob, "allocation": allocation, "round_to": context.round_to,
@@ -521,51 +522,30 @@ def budget_compress(model: nn.Module, policy: RankPolicy, spectra: Mapping[str, 
     return BudgetResult(compressed, plan, record)
 
 
-def _refit(model: nn.Module, compressed: nn.Module, context: PolicyContext) -> dict[str, Any] | None:
-    from edgecompress.lowrank.refit import refit_with_context
+def _refit_chosen(model: nn.Module, compressed: nn.Module, ranks: Plan, context: PolicyContext,
+                  met: tuple[Plan, nn.Module, dict[str, Any] | None] | None,
+                  embedding: tuple[Callable[[nn.Module], torch.Tensor], Callable[[], torch.Tensor]] | None
+                  ) -> dict[str, Any] | None:
+    """The sequential refit of the chosen plan (``ranks``) when ``context.refit_data`` asks for it.
 
-    return refit_with_context(model, compressed, context)
-
-
-def _refit_chosen(model: nn.Module, compressed: nn.Module, context: PolicyContext,
-                  embed: Callable[[nn.Module], torch.Tensor] | None) -> dict[str, Any] | None:
-    """The sequential refit of the chosen plan when ``context.refit_data`` asks for it, for a params or size
-    budget (the refit changes neither; its gain in cosine, with ``embed``, is recorded)."""
+    ``met``: the search's own refit of a plan (a quality budget judges every candidate refit); when it is
+    this plan its factors replace the fresh ``compressed`` ones and the record says ``in_search``, else the
+    plan is refit now (a params or size budget: the refit changes neither). With ``embedding`` (embed, the
+    dense model's embeddings) the validation cosine before and after the refit is recorded."""
     if context.refit_data is None:
         return None
-    dense = embed(model) if embed is not None else None
-    before = cosine_stats(embed(compressed), dense) if dense is not None else None
-    record = _refit(model, compressed, context)
-    if before is not None and record is not None:
-        _record_gain(record, before, cosine_stats(embed(compressed), dense))
-    return record
-
-
-def _refit_chosen_in_search(model: nn.Module, compressed: nn.Module, ranks: Plan,
-                            met: tuple[Plan, nn.Module, dict[str, Any] | None] | None,
-                            context: PolicyContext, embed: Callable[[nn.Module], torch.Tensor] | None) -> dict[str, Any] | None:
-    """A quality budget with the refit: the search judged every candidate refit, so the chosen plan's refit
-    factors (``met``: the search's refit of it) replace the fresh ``compressed`` ones, else it is refit again;
-    the gain over the un-refit plan, with ``embed``, is recorded."""
-    dense = embed(model) if embed is not None else None
-    before = cosine_stats(embed(compressed), dense) if dense is not None else None
-    if met is None or met[0] != dict(ranks):
-        record = _refit(model, compressed, context)
+    before = cosine_stats(embedding[0](compressed), embedding[1]()) if embedding is not None else None
+    if met is not None and met[0] == dict(ranks):
+        compressed.load_state_dict(met[1].state_dict())
+        record = None if met[2] is None else {**met[2], "in_search": True}
+        context.extras["refit"] = record  # (the search's last refit may have been a candidate that failed)
     else:
-        _, candidate, record = met
-        compressed.load_state_dict(candidate.state_dict())
-    if record is None:
-        return None
-    record = {**record, "in_search": True}
-    if before is not None:
-        _record_gain(record, before, cosine_stats(embed(compressed), dense))
-    context.extras["refit"] = record  # (the search's last refit may have been a candidate that failed)
+        record = refit_with_context(model, compressed, context)
+    if before is not None and record is not None:
+        after = cosine_stats(embedding[0](compressed), embedding[1]())
+        record["validation_cosine"] = {"before": round(before[0], 6), "after": round(after[0], 6),
+                                       "p5_before": round(before[1], 6), "p5_after": round(after[1], 6)}
     return record
-
-
-def _record_gain(record: dict[str, Any], before: tuple[float, float], after: tuple[float, float]) -> None:
-    record["validation_cosine"] = {"before": round(before[0], 6), "after": round(after[0], 6),
-                                   "p5_before": round(before[1], 6), "p5_after": round(after[1], 6)}
 
 
 def _check_options(policy: RankPolicy, budget: Budget, allocation: str, confidence: float,

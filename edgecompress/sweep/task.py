@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from edgecompress.errors import EdgeCompressError
+from edgecompress.quality import preferred_agreement
 from edgecompress.sweep.entries import Entry
 
 ENTRY_FILE = "entry.json"
@@ -31,8 +32,6 @@ def _accuracy(artifact: dict[str, Any]) -> float | None:
 
 def _cosine(artifact: dict[str, Any]) -> dict[str, float | None]:
     """The file's mean / 5th-percentile cosine to the dense model (embedding outputs), on --eval when given."""
-    from edgecompress.quality import preferred_agreement
-
     row = preferred_agreement(artifact.get("agreement") or []) or {}
     if row.get("measure") != "cosine":
         return {"cosine": None, "cosine_p5": None}
